@@ -1,0 +1,3 @@
+"""abaw: facial affect analysis with MAE-pretrained ViTs and facial priors (EMMA, Masked CoTEX)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from abaw_cli.cli import app
+
+app()

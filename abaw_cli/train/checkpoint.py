@@ -1,0 +1,92 @@
+"""The one checkpoint format of the project.
+
+Every `.pt` the project writes (MAE `checkpoint-last.pt`, train-mtl / cotrain `best.pt` and
+`checkpoint-last.pt`) is a dict:
+
+    format       "abaw-checkpoint"
+    version      1
+    kind         "mae" | "mtl" | "cotrain": which builder in `models.registry` rebuilds the model
+    model_config plain dict: everything the builder needs (sizes, input size, prior spec, ...)
+    model        the model's state_dict
+    meta         plain dict: label order, input size, normalisation, thresholds, metrics, ...
+    config       the resolved run config (plain dict)
+    train_state  only in checkpoint-last.pt: optimiser, scaler, schedule, epoch, step, RNG, sampler
+
+Only tensors and plain Python values are stored, so `torch.load(weights_only=True)` reads it:
+loading a checkpoint never runs code. `encoder.pt` (MAE encoder, official key names) is the one
+deliberate exception in shape: `{"model": encoder_state_dict, "meta": {...}}`, like the public MAE files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "abaw-checkpoint"
+VERSION = 1
+KINDS = ("mae", "mtl", "cotrain")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of the expected kind."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary name in the same folder, fsync, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def make_checkpoint(
+    kind: str,
+    model_config: dict,
+    model_state: dict,
+    meta: dict | None = None,
+    config: dict | None = None,
+    train_state: dict | None = None,
+) -> dict:
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {KINDS}")
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "model_config": model_config,
+        "model": model_state,
+        "meta": meta or {},
+        "config": config or {},
+    }
+    if train_state is not None:
+        ckpt["train_state"] = train_state
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...] | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """Read a project checkpoint, refusing anything else with a message that says what it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, not a torch file
+        raise CheckpointError(f"{path}: not a readable abaw checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = " (it looks like an MAE encoder file: pass it as --init)" if isinstance(ckpt, dict) and "model" in ckpt else ""
+        raise CheckpointError(f"{path}: not an abaw checkpoint{hint}")
+    if kinds is not None and ckpt["kind"] not in kinds:
+        raise CheckpointError(f"{path}: is a {ckpt['kind']!r} checkpoint; this command needs {' or '.join(repr(k) for k in kinds)}")
+    return ckpt
