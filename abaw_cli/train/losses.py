@@ -129,3 +129,19 @@ class MTLLoss(nn.Module):
         total = w.valence_arousal * loss_va + w.expression * loss_expr + w.action_units * loss_au
         parts = {"loss_va": loss_va.detach(), "loss_expr": loss_expr.detach(), "loss_au": loss_au.detach()}
         return total, parts
+
+
+def js_divergence(probs_list: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence of k distributions, averaged over the batch.
+
+    JS(p_1..p_k) = mean_i KL(p_i || m), m = mean_i p_i (Masked CoTEX's consistency term between
+    its views). Each p_i is `(N, C)` probabilities. `xlogy` makes 0 * log 0 = 0, so one-hot inputs
+    are fine, and m >= p_i / k > 0 wherever p_i > 0, so no epsilon is needed. Identical inputs give
+    exactly zero (their mean is exact in floating point); the value is at most log(k).
+    """
+    if len(probs_list) < 2:
+        raise ValueError(f"js_divergence needs at least two distributions, got {len(probs_list)}")
+    probs = torch.stack([p.float() for p in probs_list])  # (k, N, C)
+    mixture = probs.mean(dim=0, keepdim=True)
+    kl_each = (torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, mixture)).sum(dim=-1)  # (k, N)
+    return kl_each.mean()
