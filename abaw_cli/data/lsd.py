@@ -1,0 +1,167 @@
+"""Datasets for the LSD task: labelled synthetic faces, labelled real validation faces, and
+(optionally) unlabelled real faces for co-training.
+
+Every item is a float32 RGB tensor in [0, 1] of shape (3, S, S), S = the model's input size; the
+model normalises inside itself (see CONTRACTS: a checkpoint alone says how to preprocess).
+
+Augmentation follows Masked CoTEX: resize to 228/224 of the input size (228 for 224, 114 for 112),
+random crop to the input size, horizontal flip; validation: a plain resize to (S, S).
+
+Class imbalance (the real synthetic set is ~53% SADNESS and ~4% FEAR) is handled one of three ways,
+chosen by `balance`:
+  sampler  every class is drawn equally often (per-sample weights 1 / count[class], with replacement)
+  weights  cross-entropy class weights n / (K * count[class]) (scikit-learn's "balanced" rule)
+  none     neither: the data as it comes
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from abaw_cli.labels import LSD_CLASSES, NUM_LSD_CLASSES
+
+log = logging.getLogger(__name__)
+
+BALANCE_CHOICES = ("sampler", "weights", "none")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Masked CoTEX's train-time resize before the random crop: 228 for a 224 input.
+TRAIN_RESIZE_RATIO = 228 / 224
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """uint8 RGB tensor (3, H, W) of an image file; a file that cannot be decoded is named in the error."""
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def train_transform(input_size: int) -> v2.Transform:
+    """Resize to 228/224 of the input size, random crop to the input size, horizontal flip."""
+    return v2.Compose([
+        v2.Resize(round(input_size * TRAIN_RESIZE_RATIO), antialias=True),
+        v2.RandomCrop(input_size),
+        v2.RandomHorizontalFlip(0.5),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def eval_transform(input_size: int) -> v2.Transform:
+    """A plain resize to (S, S): the same preprocessing `predict` applies to a face crop."""
+    return v2.Compose([
+        v2.Resize((input_size, input_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+class LabelledFaces(Dataset):
+    """(image, class index) pairs; index order = labels.LSD_CLASSES."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], transform: v2.Transform):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} images but {len(labels)} labels")
+        self.paths = [str(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_rgb(self.paths[index])), int(self.labels[index])
+
+
+def list_face_images(root: str | Path) -> list[Path]:
+    """All images under `root` (recursively, sorted), e.g. crop-faces output or a face pool."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder of face images")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found in it or below it")
+    return paths
+
+
+class UnlabelledFaces(Dataset):
+    """Images without labels (real faces for co-training)."""
+
+    def __init__(self, paths: Sequence[str | Path], transform: v2.Transform):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(read_rgb(self.paths[index]))
+
+
+class LabelledWithUnlabelled(Dataset):
+    """Labelled item `index` plus one unlabelled image drawn uniformly at random.
+
+    Pairing inside one dataset keeps a single loader (and a single sampler: class balancing,
+    DistributedSampler sharding and exact resume all apply unchanged): every training batch then
+    holds B labelled and B unlabelled faces. The draw uses torch's RNG, the same generator the
+    random crops and flips use, so it is seeded and restored with them.
+    """
+
+    def __init__(self, labelled: LabelledFaces, unlabelled: UnlabelledFaces):
+        if len(unlabelled) == 0:
+            raise ValueError("the unlabelled set is empty")
+        self.labelled = labelled
+        self.unlabelled = unlabelled
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.labelled.labels
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image, label = self.labelled[index]
+        other = int(torch.randint(len(self.unlabelled), ()).item())
+        return image, label, self.unlabelled[other]
+
+
+def class_counts(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Images per LSD class, in LSD_CLASSES order."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_LSD_CLASSES)
+
+
+def require_every_class(labels: Sequence[int] | np.ndarray, where: str) -> np.ndarray:
+    """Counts per class; refuses a training set in which a class has no image at all."""
+    counts = class_counts(labels)
+    empty = [LSD_CLASSES[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise ValueError(f"{where}: no training images for class(es) {', '.join(empty)}; every one of the 6 LSD classes is needed")
+    return counts
+
+
+def balanced_class_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Cross-entropy weights n / (K * count[k]): every class carries the same total weight."""
+    y = np.asarray(labels, dtype=np.int64)
+    weights = compute_class_weight("balanced", classes=np.arange(NUM_LSD_CLASSES), y=y)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def balanced_sample_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Per-sample weights 1 / count[class]: a weighted sampler then draws every class equally often."""
+    y = np.asarray(labels, dtype=np.int64)
+    counts = class_counts(y).astype(np.float64)
+    return torch.tensor(1.0 / counts[y], dtype=torch.double)
+
+
+def check_balance(balance: str) -> str:
+    if balance not in BALANCE_CHOICES:
+        raise ValueError(f"balance must be one of {', '.join(BALANCE_CHOICES)} (got {balance!r})")
+    return balance
