@@ -1,0 +1,1 @@
+"""`abaw predict`: videos, images and ABAW test lists -> per-frame affect tables and submissions."""
