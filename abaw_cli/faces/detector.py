@@ -1,0 +1,127 @@
+"""Batched face detection with MTCNN (facenet-pytorch; its P/R/O-Net weights ship in the wheel).
+
+    detector = FaceDetector(device="auto", min_face=20)
+    for dets in detector.detect(frames):        # frames: list of HxWx3 uint8 RGB arrays
+        dets.boxes      # (K, 4) float32, x1 y1 x2 y2 in pixels of that frame, largest face first
+        dets.scores     # (K,)   float32, MTCNN O-Net face probability
+        dets.landmarks  # (K, 5, 2) float32, (x, y) of LANDMARK_NAMES, in the same order
+
+One `detect` call runs MTCNN once per distinct frame size in the list (MTCNN's batch mode needs
+equal sizes), so a list of video frames is one batched forward pass per network stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from abaw_cli.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+# MTCNN's five points, in its output order.
+LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+# MTCNN's own defaults (P-Net, R-Net, O-Net score thresholds).
+DEFAULT_THRESHOLDS: tuple[float, float, float] = (0.6, 0.7, 0.7)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The faces found in one frame, largest box first (K may be 0)."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1 y1 x2 y2
+    scores: np.ndarray  # (K,) float32
+    landmarks: np.ndarray  # (K, 5, 2) float32
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    def select(self, keep: np.ndarray) -> "Detections":
+        """A subset (boolean mask or index array), order kept."""
+        return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
+
+
+def box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """The shorter side of each (K, 4) box: what `min_face` is compared with."""
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+class FaceDetector:
+    """MTCNN on a chosen device; `detect` takes a list of RGB frames of any sizes.
+
+    min_face: faces whose box is smaller than this (shorter side, pixels) are neither searched for
+    (it sets MTCNN's image pyramid) nor returned. batch: how many frames callers should hand to one
+    `detect` call (the streaming code reads it); `detect` itself takes any number.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "auto",
+        min_face: int = 20,
+        batch: int | None = None,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    ) -> None:
+        from facenet_pytorch import MTCNN  # imported here: it pulls in torchvision, slow to load
+
+        if min_face < 12:
+            raise ValueError(f"--min-face must be at least 12 pixels, MTCNN's smallest window (got {min_face})")
+        if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be three probabilities for P-, R- and O-Net (got {thresholds})")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.min_face = int(min_face)
+        # GPUs want many frames per pass; on a CPU a few frames already keep the cores busy.
+        self.batch = int(batch) if batch else (32 if self.device.type == "cuda" else 4)
+        if self.batch < 1:
+            raise ValueError(f"--batch must be positive (got {batch})")
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self._mtcnn = MTCNN(
+            min_face_size=self.min_face,
+            thresholds=list(self.thresholds),
+            select_largest=True,  # detect() then sorts every frame's boxes by area, largest first
+            keep_all=True,
+            device=self.device,
+        ).eval()
+
+    def __repr__(self) -> str:
+        return f"FaceDetector(device={self.device}, min_face={self.min_face}, batch={self.batch})"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """Faces in each frame (HxWx3 uint8 RGB), one Detections per frame, in input order."""
+        results: list[Detections | None] = [None] * len(frames)
+        by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, frame in enumerate(frames):
+            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                raise ValueError(f"frame {i}: expected HxWx3 uint8 RGB, got {frame.shape} {frame.dtype}")
+            by_size[frame.shape].append(i)
+        for indices in by_size.values():
+            stack = np.stack([frames[i] for i in indices])
+            with torch.inference_mode():
+                boxes, scores, points = self._mtcnn.detect(stack, landmarks=True)
+            for i, b, s, p in zip(indices, boxes, scores, points):
+                results[i] = self._to_detections(b, s, p)
+        return results  # type: ignore[return-value]
+
+    def _to_detections(self, boxes, scores, points) -> Detections:
+        # facenet-pytorch returns None for a frame without faces and, under numpy 2, object arrays
+        # (nested when all frames have the same face count): cast to plain float32 arrays.
+        if boxes is None or len(boxes) == 0:
+            return Detections.empty()
+        dets = Detections(
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(scores, dtype=np.float32).reshape(-1),
+            np.asarray(points, dtype=np.float32).reshape(-1, 5, 2),
+        )
+        # MTCNN's pyramid starts at min_face but its box regression can still return smaller boxes.
+        return dets.select(box_sizes(dets.boxes) >= self.min_face)

@@ -1,0 +1,128 @@
+"""The streaming core shared by `abaw crop-faces` and `abaw predict`: frames in, aligned faces out.
+
+    detector = FaceDetector(device="auto", min_face=20, batch=8)
+    for ff in iter_frame_faces(source, detector, size=112, faces="largest", fps=None):
+        ff.frame, ff.time_s, ff.path     # frame index, timestamp (None for images), file it came from
+        ff.image                         # the whole RGB frame (HxWx3 uint8)
+        for face in ff.faces:            # [] when no face was found: such frames are never dropped
+            face.track, face.box, face.score, face.landmarks   # (4,), float, (5, 2) in frame pixels
+            face.crop                    # (size, size, 3) uint8 RGB, aligned (faces.align)
+            face.matrix                  # (2, 3) frame -> crop similarity
+
+`source` is a sources.Source (opened and closed here) or an already opened video.VideoReader /
+ImageSequenceReader (left open: the caller owns it and can read its metadata). Frames come out in
+source order. `faces="largest"` keeps the largest face of each frame as track 0; `faces="all"`
+keeps every face with ids from tracker.FaceTracker. min_face and thresholds belong to the
+detector; the batch size is the detector's unless `batch` is given.
+
+Where the time goes: decoding runs in the reader's thread and fills a bounded queue while the
+calling thread runs MTCNN on `batch` frames (torch releases the GIL), then aligns (cv2.warpAffine,
+well under a millisecond per face) and tracks. Slow consumer work (JPEG writing, model inference
+on the crops) should be handed to another thread or batched, as crop-faces does, so that
+detection stays the only thing the main thread waits on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+from abaw_cli.faces.align import align_face
+from abaw_cli.faces.detector import Detections, FaceDetector
+from abaw_cli.faces.sources import Source
+from abaw_cli.faces.tracker import FaceTracker
+from abaw_cli.faces.video import Frame, ImageSequenceReader, VideoReader, open_source
+
+log = logging.getLogger(__name__)
+
+FacesMode = Literal["largest", "all"]
+FACES_MODES: tuple[str, ...] = ("largest", "all")
+
+
+@dataclass
+class Face:
+    track: int  # 0 with faces="largest"; a tracker id with faces="all"
+    box: np.ndarray  # (4,) float32 x1 y1 x2 y2, frame pixels
+    score: float  # MTCNN face probability
+    landmarks: np.ndarray  # (5, 2) float32, frame pixels (detector.LANDMARK_NAMES order)
+    crop: np.ndarray  # (size, size, 3) uint8 RGB aligned face
+    matrix: np.ndarray  # (2, 3) float64 frame -> crop
+
+
+@dataclass
+class FrameFaces:
+    frame: int  # frame index in the video / position in the image list
+    time_s: float | None  # timestamp in seconds (None for image files)
+    faces: list[Face] = field(default_factory=list)  # largest first with faces="largest"
+    path: Path | None = None  # video file or image file
+    image: np.ndarray | None = None  # the whole RGB frame
+
+
+def select_faces(dets: Detections, mode: FacesMode, tracker: FaceTracker | None) -> list[tuple[int, int]]:
+    """(detection index, track id) pairs to keep from one frame's detections."""
+    if len(dets) == 0:
+        if tracker is not None:
+            tracker.update(dets)  # ages the tracks: a long gap closes them
+        return []
+    if mode == "largest":
+        return [(0, 0)]  # the detector sorts boxes largest first
+    ids = tracker.update(dets)
+    return list(enumerate(ids))
+
+
+def iter_frame_faces(
+    source: Source | VideoReader | ImageSequenceReader,
+    detector: FaceDetector,
+    size: int = 112,
+    faces: FacesMode = "largest",
+    fps: float | None = None,
+    batch: int | None = None,
+    keep_image: bool = True,
+) -> Iterator[FrameFaces]:
+    """Every decoded frame of `source` with its aligned faces; see the module docstring.
+
+    fps: sample a video at this rate (ignored when `source` is an opened reader, which already
+    has its rate). keep_image=False drops the whole frame from the results (saves memory when only
+    the crops are needed).
+    """
+    if faces not in FACES_MODES:
+        raise ValueError(f"--faces must be one of {', '.join(FACES_MODES)} (got {faces!r})")
+    batch = int(batch or detector.batch)
+    if batch < 1:
+        raise ValueError(f"--batch must be positive (got {batch})")
+    owned = isinstance(source, Source)
+    reader = open_source(source, fps=fps, queue_size=max(2 * batch, 8)) if owned else source
+    tracker = FaceTracker() if faces == "all" else None
+    try:
+        pending: list[Frame] = []
+        for frame in reader:
+            pending.append(frame)
+            if len(pending) >= batch:
+                yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image)
+                pending = []
+        if pending:
+            yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image)
+    finally:
+        if owned:
+            reader.close()
+
+
+def _detect_and_align(
+    frames: list[Frame],
+    detector: FaceDetector,
+    size: int,
+    mode: FacesMode,
+    tracker: FaceTracker | None,
+    keep_image: bool,
+) -> Iterator[FrameFaces]:
+    detections = detector.detect([f.rgb for f in frames])
+    for frame, dets in zip(frames, detections):
+        kept = []
+        for d, track in select_faces(dets, mode, tracker):
+            crop, matrix = align_face(frame.rgb, dets.landmarks[d], size)
+            kept.append(Face(track, dets.boxes[d], float(dets.scores[d]), dets.landmarks[d], crop, matrix))
+        yield FrameFaces(frame.index, frame.time_s, kept, frame.path, frame.rgb if keep_image else None)
