@@ -334,11 +334,11 @@ def register(app: typer.Typer) -> None:
         try:
             result = score_files(pred, truth, task=task, allow_partial=allow_partial)
         except (FormatError, ScoreError, MetricError) as err:
-            err_console.print(f"error: {err}", style="red", markup=False, highlight=False)
+            err_console.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         for warning in result.scores.get("warnings", []):
             log.warning("%s", warning)
         json_path = json_out or default_json_path(pred)
         written_json, png = write_outputs(result, json_path)
         Console().print(render_table(result))
-        err_console.print(f"scores: {written_json}\nconfusion matrix: {png}", markup=False, highlight=False)
+        err_console.print(f"scores: {written_json}\nconfusion matrix: {png}", markup=False, highlight=False, soft_wrap=True)
