@@ -33,6 +33,7 @@ import numpy as np
 
 from abaw_cli.faces.align import align_face
 from abaw_cli.faces.detector import Detections, FaceDetector
+from abaw_cli.faces.follow import LandmarkFollower
 from abaw_cli.faces.sources import Source
 from abaw_cli.faces.tracker import FaceTracker
 from abaw_cli.faces.video import Frame, ImageSequenceReader, VideoReader, open_source
@@ -82,12 +83,14 @@ def iter_frame_faces(
     fps: float | None = None,
     batch: int | None = None,
     keep_image: bool = True,
+    detect_every: int = 1,
 ) -> Iterator[FrameFaces]:
     """Every decoded frame of `source` with its aligned faces; see the module docstring.
 
     fps: sample a video at this rate (ignored when `source` is an opened reader, which already
     has its rate). keep_image=False drops the whole frame from the results (saves memory when only
-    the crops are needed).
+    the crops are needed). detect_every=K: run the detector on every K-th frame only and carry its
+    faces through the frames between by optical flow on the landmarks (faces.follow).
     """
     if faces not in FACES_MODES:
         raise ValueError(f"--faces must be one of {', '.join(FACES_MODES)} (got {faces!r})")
@@ -97,15 +100,22 @@ def iter_frame_faces(
     owned = isinstance(source, Source)
     reader = open_source(source, fps=fps, queue_size=max(2 * batch, 8)) if owned else source
     tracker = FaceTracker() if faces == "all" else None
+    if detect_every < 1:
+        raise ValueError(f"--detect-every must be at least 1 (got {detect_every})")
+    follower = LandmarkFollower() if detect_every > 1 else None
+    # With K > 1, gather K times more frames so that the detector still sees `batch` frames a call.
+    group = batch if follower is None else min(batch * detect_every, max(batch, 64))
     try:
         pending: list[Frame] = []
+        seen = 0
         for frame in reader:
             pending.append(frame)
-            if len(pending) >= batch:
-                yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image)
+            if len(pending) >= group:
+                yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
+                seen += len(pending)
                 pending = []
         if pending:
-            yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image)
+            yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
     finally:
         if owned:
             reader.close()
@@ -118,9 +128,20 @@ def _detect_and_align(
     mode: FacesMode,
     tracker: FaceTracker | None,
     keep_image: bool,
+    follower: LandmarkFollower | None = None,
+    detect_every: int = 1,
+    first_position: int = 0,
 ) -> Iterator[FrameFaces]:
-    detections = detector.detect([f.rgb for f in frames])
-    for frame, dets in zip(frames, detections):
+    # Frame at reader position p is detected when p % detect_every == 0; the others are followed.
+    detect_at = [i for i in range(len(frames)) if follower is None or (first_position + i) % detect_every == 0]
+    detected = dict(zip(detect_at, detector.detect([frames[i].rgb for i in detect_at]) if detect_at else []))
+    for i, frame in enumerate(frames):
+        if i in detected:
+            dets = detected[i]
+            if follower is not None:
+                follower.reset(frame.rgb, dets)
+        else:
+            dets = follower.follow(frame.rgb)
         kept = []
         for d, track in select_faces(dets, mode, tracker):
             crop, matrix = align_face(frame.rgb, dets.landmarks[d], size)
