@@ -45,20 +45,21 @@ def _same_length(a: np.ndarray, b: np.ndarray, what: str) -> None:
 def ccc(pred: Any, true: Any) -> float:
     """Concordance correlation coefficient 2 cov / (var_p + var_t + (mean_p - mean_t)^2).
 
-    Population (1/N) moments. Returns 0.0 when the denominator is 0 (prediction and truth both
-    constant and equal): agreement is undefined there and 0.0 is what a constant predictor earns
-    elsewhere. Raises MetricError on empty or non-finite input.
+    Population (1/N) moments. Returns exactly 0.0 when prediction or truth is constant (covariance
+    0; this also covers both constant and equal, where the formula is 0/0). Raises MetricError on
+    empty or non-finite input.
     """
     p = _finite_1d(pred, "CCC prediction")
     t = _finite_1d(true, "CCC truth")
     _same_length(p, t, "CCC")
     if len(p) == 0:
         raise MetricError("CCC of zero frames is undefined")
+    if np.ptp(p) == 0.0 or np.ptp(t) == 0.0:
+        # A constant side has covariance exactly 0; return it exactly (no 1e-33 rounding dust).
+        return 0.0
     mp, mt = p.mean(), t.mean()
     cov = np.mean((p - mp) * (t - mt))
     denom = p.var() + t.var() + (mp - mt) ** 2
-    if denom <= 0.0:
-        return 0.0
     return float(2.0 * cov / denom)
 
 
@@ -189,6 +190,17 @@ def mtl_scores(pred_va: Any, pred_expr: Any, pred_aus01: Any, truth: Any) -> dic
     }
 
 
+def _binary_f1_columns(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-column binary F1 of boolean (N, K) arrays, 0 where a column has no positive at all
+    (sklearn's zero_division=0). Counting by hand: the threshold search calls it per grid
+    point, where sklearn's input checks would dominate; tests check it against f1_score."""
+    tp = (pred & true).sum(axis=0)
+    fp = (pred & ~true).sum(axis=0)
+    fn = (~pred & true).sum(axis=0)
+    denom = 2 * tp + fp + fn
+    return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape, dtype=np.float64), where=denom > 0)
+
+
 def tune_au_thresholds(
     probs: Any, true: Any, grid: Any = DEFAULT_THRESHOLD_GRID
 ) -> np.ndarray:
@@ -211,9 +223,7 @@ def tune_au_thresholds(
     p, t = p[keep], t[keep].astype(np.int64)
     if not np.isfinite(p).all():
         raise MetricError("AU probabilities contain NaN or infinite values")
-    f1_by_threshold = np.stack(
-        [f1_score(t, (p >= thr).astype(np.int64), average=None, zero_division=0) for thr in grid]
-    )  # (len(grid), 12)
+    f1_by_threshold = np.stack([_binary_f1_columns(p >= thr, t == 1) for thr in grid])  # (G, 12)
     best = f1_by_threshold.max(axis=0)
     # Among thresholds within float noise of the best F1, take the one nearest 0.5.
     is_best = f1_by_threshold >= best - 1e-12
