@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean-venv
+.PHONY: install test bench clean-venv pipeline pipeline-clean
 
 install: $(STAMP)
 
@@ -30,3 +30,74 @@ bench: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------------------------
+# The whole method, end to end, chained through files. Each stage is a target whose output file
+# is the next stage's prerequisite: a second `make pipeline` redoes nothing, and an interrupted
+# training stage resumes from its checkpoint-last.pt.
+#   make pipeline                                   demo data, preset cpu-small, CPU, ~15 min
+#   make pipeline PRESET=paper DATA=/data/abaw MAE_DATA=/data/celeba NPROC=8
+# DATA holds mtl/ (s-Aff-Wild2: cropped_aligned/ + *_annotations.txt) and lsd/ (the LSD folders),
+# the same layout that `abaw demo-data` writes; MTL_DATA / LSD_DATA / VIDEOS override one part.
+PRESET ?= cpu-small
+RUNS ?= runs/pipeline
+NPROC ?= 1
+SEED ?= 0
+DEMO_SCALE ?= small
+DEMO := $(RUNS)/demo-data
+DATA ?=
+ifeq ($(strip $(DATA)),)
+DATA_ROOT := $(DEMO)
+DATA_DEP := $(DEMO)/.done
+else
+DATA_ROOT := $(DATA)
+DATA_DEP :=
+endif
+MTL_DATA ?= $(DATA_ROOT)/mtl
+LSD_DATA ?= $(DATA_ROOT)/lsd
+VIDEOS ?= $(DATA_ROOT)/videos
+MAE_DATA ?= $(DATA_ROOT)/pool
+ABAW := $(VENV)/bin/abaw
+# Training stages run under torchrun when NPROC > 1 (the only launcher; multi-node: see README).
+TRAIN := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m abaw_cli,$(ABAW))
+resume_if = $(if $(wildcard $(1)/checkpoint-last.pt),--resume)
+
+pipeline: install $(RUNS)/score/mtl.json $(RUNS)/score/lsd.json
+	@$(PY) -m abaw_cli.pipeline_summary $(RUNS)
+
+$(DEMO)/.done: | install
+	$(ABAW) demo-data $(DEMO) --scale $(DEMO_SCALE) --seed $(SEED)
+	touch $@
+
+$(RUNS)/crop-faces/faces.csv: $(DATA_DEP) | install
+	$(ABAW) crop-faces $(VIDEOS) --out $(RUNS)/crop-faces --size 112
+
+$(RUNS)/pretrain-mae/encoder.pt: $(RUNS)/crop-faces/faces.csv
+	$(TRAIN) pretrain-mae $(MAE_DATA) $(RUNS)/crop-faces --out $(RUNS)/pretrain-mae \
+		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/pretrain-mae)
+
+$(RUNS)/train-mtl/best.pt: $(RUNS)/pretrain-mae/encoder.pt
+	$(TRAIN) train-mtl --data $(MTL_DATA) --out $(RUNS)/train-mtl --init $< \
+		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/train-mtl)
+
+$(RUNS)/cotrain/best.pt: $(RUNS)/pretrain-mae/encoder.pt
+	$(TRAIN) cotrain --data $(LSD_DATA) --out $(RUNS)/cotrain --init $< \
+		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/cotrain)
+
+$(RUNS)/predict/mtl_submission.txt: $(RUNS)/train-mtl/best.pt
+	$(ABAW) predict $(MTL_DATA)/validation_set_annotations.txt --images $(MTL_DATA)/cropped_aligned \
+		--model $< --out $(RUNS)/predict/mtl_submission.txt
+	$(ABAW) predict $(firstword $(sort $(wildcard $(VIDEOS)/*.mp4))) --model $< --out $(RUNS)/predict/video.csv \
+		--overlay $(RUNS)/predict/video_overlay.mp4 --plot $(RUNS)/predict/video_timeline.png
+
+$(RUNS)/predict/lsd_submission.txt: $(RUNS)/cotrain/best.pt
+	$(ABAW) predict $(LSD_DATA)/validation_set_real_images --model $< --out $(RUNS)/predict/lsd_submission.txt
+
+$(RUNS)/score/mtl.json: $(RUNS)/predict/mtl_submission.txt
+	$(ABAW) score $< --truth $(MTL_DATA)/validation_set_annotations.txt --task mtl --json $@
+
+$(RUNS)/score/lsd.json: $(RUNS)/predict/lsd_submission.txt
+	$(ABAW) score $< --truth $(LSD_DATA)/validation_set_real_images --task lsd --json $@
+
+pipeline-clean:
+	rm -rf $(RUNS)
