@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from abaw_cli.labels import AUS, EXPRESSIONS, LSD_CLASSES
+from abaw_cli.labels import AUS, EXPRESSIONS, LSD_CLASSES, NUM_LSD_CLASSES, lsd_class_index
 
 PREDICTING_KINDS = ("mtl", "cotrain")
 
@@ -50,6 +50,9 @@ class OutputSpace:
             thresholds = np.asarray(meta.get("au_thresholds", [0.5] * len(aus)), dtype=np.float32)
             if thresholds.shape != (len(aus),):
                 raise OutputSpaceError(f"checkpoint meta has {thresholds.size} AU thresholds for {len(aus)} AUs")
+            # Tables and submissions use the ABAW label spaces; a model in another order would be misread.
+            if classes != EXPRESSIONS or aus != AUS:
+                raise OutputSpaceError(f"checkpoint labels {list(classes)} / {list(aus)} differ from ABAW's {list(EXPRESSIONS)} / {list(AUS)}")
         else:
             classes = tuple(meta.get("classes") or LSD_CLASSES)
             aus, thresholds = (), np.zeros((0,), np.float32)
@@ -120,3 +123,23 @@ class OutputSpace:
 
     def au_decisions(self, values: np.ndarray) -> np.ndarray:
         return (values[..., self.au_slice] >= self.au_thresholds).astype(np.int8)
+
+    def lsd_scores(self, values: np.ndarray) -> np.ndarray:
+        """(N, 6) scores of labels.LSD_CLASSES (in that order) from (N, width) values.
+
+        A cotrain model's classes are matched by name (folder aliases accepted); an mtl model's
+        expression probabilities give the six classes LSD shares with it (no Neutral, no Other)."""
+        probs = values[..., self.class_slice]
+        if self.kind == "cotrain":
+            order = [lsd_class_index(c) for c in self.classes]
+            if sorted(order) != list(range(NUM_LSD_CLASSES)):
+                raise OutputSpaceError(f"checkpoint classes {list(self.classes)} are not the {NUM_LSD_CLASSES} LSD classes")
+            scores = np.empty_like(probs)
+            scores[..., order] = probs
+            return scores
+        names = [c.lower() for c in self.classes]
+        try:
+            columns = [names.index(LSD_CLASSES[i].lower()) for i in range(NUM_LSD_CLASSES)]
+        except ValueError as exc:
+            raise OutputSpaceError(f"checkpoint expressions {list(self.classes)} do not cover the LSD classes") from exc
+        return probs[..., columns]
