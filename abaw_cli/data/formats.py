@@ -86,6 +86,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _read_lines(path: Path) -> list[str]:
     """The file's lines, without trailing blank lines; refuses missing and non-text files."""
+    return _read_text_and_lines(path)[1]
+
+
+def _read_text_and_lines(path: Path) -> tuple[str, list[str]]:
     if not path.exists():
         raise FormatError(path, None, "file not found")
     if path.is_dir():
@@ -99,7 +103,7 @@ def _read_lines(path: Path) -> list[str]:
         lines.pop()
     if not lines:
         raise FormatError(path, 1, "file is empty (no header line)")
-    return lines
+    return text, lines
 
 
 def _check_header(path: Path, first_line: str, expected: Sequence[str]) -> None:
@@ -116,39 +120,45 @@ def _show(items: Sequence[str]) -> str:
 
 
 def _parse_numeric_rows(
-    path: Path, body: list[str], n_fields: int, field_names: Sequence[str]
+    path: Path, body: list[str], n_fields: int, field_names: Sequence[str], body_commas: int
 ) -> tuple[list[str], np.ndarray]:
     """Split `image,<numbers...>` rows into image names and a float64 (N, n_fields-1) array.
 
-    Line i of `body` is line i+2 of the file (line 1 is the header). The common case is parsed
-    by numpy's C reader; only when that fails does a per-field pass run to find what is wrong.
+    Line i of `body` is line i+2 of the file (line 1 is the header). `body_commas` is the number
+    of commas in `body` (counted on the whole text, in C). The common case costs one split per
+    line plus numpy's C reader; only when something is off does a per-line pass find the first
+    bad line and say what is wrong with it.
     """
     n = len(body)
     n_numeric = n_fields - 1
-    commas = np.fromiter((ln.count(",") for ln in body), dtype=np.int64, count=n)
-    bad = np.flatnonzero(commas != n_fields - 1)
-    if bad.size:
-        i = int(bad[0])
-        if not body[i].strip():
-            raise FormatError(path, i + 2, "empty line")
-        raise FormatError(
-            path, i + 2, f"wrong column count: expected {n_fields}, found {commas[i] + 1}"
-        )
+    if body_commas != n * (n_fields - 1):
+        _raise_first_bad_row(path, body, n_fields, field_names)
     split = [ln.split(",", 1) for ln in body]
-    images = [s[0].strip() for s in split]
     if n == 0:
-        return images, np.zeros((0, n_numeric), dtype=np.float64)
-    numeric_text = [s[1] for s in split]
+        return [], np.zeros((0, n_numeric), dtype=np.float64)
     try:
+        images = [s[0].strip() for s in split]
+        numeric_text = [s[1] for s in split]
         values = np.loadtxt(numeric_text, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError:
+    except (ValueError, IndexError):
         values = None
     if values is None or values.shape != (n, n_numeric) or not np.isfinite(values).all():
-        _raise_first_non_numeric(path, numeric_text, field_names[1:])
+        _raise_first_bad_row(path, body, n_fields, field_names)
     empty = [i for i, img in enumerate(images) if not img]
     if empty:
         raise FormatError(path, empty[0] + 2, "empty image path")
     return images, values
+
+
+def _raise_first_bad_row(path: Path, body: list[str], n_fields: int, field_names: Sequence[str]) -> None:
+    """The slow, exact pass: the first line with a wrong column count, else a non-numeric field."""
+    for i, line in enumerate(body):
+        found = line.count(",") + 1
+        if found != n_fields:
+            if not line.strip():
+                raise FormatError(path, i + 2, "empty line")
+            raise FormatError(path, i + 2, f"wrong column count: expected {n_fields}, found {found}")
+    _raise_first_non_numeric(path, [ln.split(",", 1)[1] for ln in body], field_names[1:])
 
 
 def _raise_first_non_numeric(path: Path, rows: list[str], names: Sequence[str]) -> None:
@@ -327,10 +337,11 @@ def read_mtl_annotations(
     that are not on disk (how many, and the first few).
     """
     path = Path(path)
-    lines = _read_lines(path)
+    text, lines = _read_text_and_lines(path)
     header = labels.MTL_ANNOTATION_HEADER
     _check_header(path, lines[0], header)
-    images, values = _parse_numeric_rows(path, lines[1:], len(header), header)
+    body_commas = text.count(",") - lines[0].count(",")
+    images, values = _parse_numeric_rows(path, lines[1:], len(header), header, body_commas)
     va = values[:, 0:2]
     bad_va = ((va < -1.0) | (va > 1.0)) & (va != labels.MISSING_VA)
     _check_range(path, va, bad_va, header[1:3], f"[-1, 1] (or {labels.MISSING_VA:g} for missing)")
@@ -408,10 +419,11 @@ def write_mtl_submission(
 def read_mtl_submission(path: str | os.PathLike) -> MTLAnnotations:
     """Read and validate an ABAW MTL submission (VA in [-1, 1], expression 0..7, AUs 0/1)."""
     path = Path(path)
-    lines = _read_lines(path)
+    text, lines = _read_text_and_lines(path)
     _check_header(path, lines[0], labels.MTL_SUBMISSION_HEADER)
     names = labels.MTL_ANNOTATION_HEADER  # the 16 fields of a row, for messages
-    images, values = _parse_numeric_rows(path, lines[1:], len(names), names)
+    body_commas = text.count(",") - lines[0].count(",")
+    images, values = _parse_numeric_rows(path, lines[1:], len(names), names, body_commas)
     va = values[:, 0:2]
     _check_range(path, va, (va < -1.0) | (va > 1.0), names[1:3], "[-1, 1]")
     expr = values[:, 2:3]
