@@ -64,8 +64,8 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     return state, arch_hint
 
 
-def match_architecture(state: dict[str, torch.Tensor], head_rows: int, hint: str | None) -> str:
-    """The timm architecture whose state-dict names and shapes equal `state`'s."""
+def match_architecture(state: dict[str, torch.Tensor], head_rows: int, hint: str | None) -> tuple[str, int]:
+    """(timm architecture whose state-dict names and shapes equal `state`'s, its input size)."""
     candidates = list(CANDIDATE_ARCHS)
     if hint:
         name = hint.split(".")[0].removesuffix("_ns")  # timm 0.4-0.8 names: tf_efficientnet_b0_ns
@@ -76,7 +76,7 @@ def match_architecture(state: dict[str, torch.Tensor], head_rows: int, hint: str
         with torch.device("meta"):
             model = timm.create_model(arch, num_classes=head_rows, pretrained=False)
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == wanted:
-            return arch
+            return arch, int(model.pretrained_cfg["input_size"][-1])
     raise ValueError(f"state dict matches none of {', '.join(candidates)} (head {head_rows} rows)")
 
 
@@ -100,11 +100,9 @@ class HSEmotionPrior(ExpressionPrior):
         state, hint = read_model_file(path)
         head_rows = int(state["classifier.weight"].shape[0])
         try:
-            arch = match_architecture(state, head_rows, hint)
+            arch, input_size = match_architecture(state, head_rows, hint)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-        with torch.device("meta"):
-            input_size = int(timm.create_model(arch, pretrained=False).pretrained_cfg["input_size"][-1])
         prior = cls(spec, arch, head_rows, input_size)
         prior.net.load_state_dict(state, strict=True)
         log.info("HSEmotion prior from %s: %s, %d head outputs, input %d", path, arch, head_rows, input_size)
