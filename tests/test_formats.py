@@ -329,6 +329,9 @@ def test_prediction_table_refusals(tmp_path):
     assert_names(refusal(short, read_prediction_table), short, 2, "column count")
     other = write_lines(tmp_path / "o.csv", "image,valence", "a.jpg,0.1")
     assert_names(refusal(other, read_prediction_table), other, 1, "not a prediction table")
+    parquet = tmp_path / "p.parquet"
+    parquet.write_bytes(b"PAR1")
+    assert_names(refusal(parquet, read_prediction_table), parquet, None, "Parquet", "CSV")
 
 
 def test_atomic_write_text_replaces_whole_file(tmp_path):

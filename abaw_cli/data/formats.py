@@ -750,6 +750,9 @@ def read_prediction_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     the wrong field count and non-numeric values in numeric columns (file, line, reason).
     """
     path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        # predict can also write Parquet (with pyarrow); reading it back here is CSV-only.
+        raise FormatError(path, None, "Parquet prediction tables are not read here; write the table as CSV")
     lines = _read_lines(path)
     rows = list(csv.reader(lines))
     header = [h.strip() for h in rows[0]]

@@ -165,6 +165,8 @@ def _from_prediction_table(path: Path) -> Predictions:
 def load_predictions(path: str | Path) -> Predictions:
     """Read PRED, recognising its kind from the header line."""
     path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _from_prediction_table(path)  # refused there with a clear message
     header = tuple(f.strip() for f in _first_line(path).split(","))
     if header == labels.MTL_SUBMISSION_HEADER:
         sub = read_mtl_submission(path)
