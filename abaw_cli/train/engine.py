@@ -71,6 +71,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from abaw_cli.config import dump_config, to_dict
+from abaw_cli.plots import save_curves
 from abaw_cli.progress import make_progress
 from abaw_cli.runtime import autocast, resolve_device, seed_everything
 from abaw_cli.train import distributed as D
@@ -236,28 +237,10 @@ def read_log(path: Path) -> list[dict]:
 
 
 def plot_loss_curve(rows: list[dict], path: Path) -> None:
-    """loss (and lr) against optimiser step from log.jsonl rows; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Train loss and lr against optimiser step (the step rows of log.jsonl), via plots.save_curves."""
     steps = [r for r in rows if r.get("type") == "step"]
-    if not steps:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in steps], [r["lr"] for r in steps], color="tab:orange", lw=0.8, alpha=0.7, label="lr")
-    ax2.set_ylabel("lr")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    if steps:
+        save_curves(steps, ["loss", "lr"], path, title="training", x_key="step")
 
 
 class Engine:
