@@ -88,12 +88,17 @@ def _macro_f1(pred: Any, true: Any, n_classes: int, what: str) -> tuple[float, n
 
 
 def expression_f1(pred_idx: Any, true_idx: Any) -> tuple[float, np.ndarray]:
-    """Macro-F1 over the 8 expressions on frames with a label (truth >= 0) -> (macro, per_class (8,))."""
+    """Macro-F1 over the 8 expressions on frames with a label (truth >= 0) -> (macro, per_class (8,)).
+
+    The mean always runs over all 8 classes (sklearn labels=range(8)): a class that is neither in
+    the truth nor predicted counts as F1 0, so a subset lacking a class scores below 1 even when
+    perfect. On the real validation set every class is present and this equals sklearn's macro."""
     return _macro_f1(pred_idx, true_idx, labels.NUM_EXPRESSIONS, "expression F1")
 
 
 def lsd_f1(pred: Any, true: Any) -> tuple[float, np.ndarray]:
-    """Macro-F1 over the 6 LSD classes -> (macro, per_class (6,))."""
+    """Macro-F1 over the 6 LSD classes -> (macro, per_class (6,)); like expression_f1, the mean
+    runs over all 6 classes."""
     return _macro_f1(pred, true, labels.NUM_LSD_CLASSES, "LSD F1")
 
 
