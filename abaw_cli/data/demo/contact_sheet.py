@@ -1,0 +1,80 @@
+"""Contact sheets: a grid of samples per class for every demo set, as PNGs for the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from abaw_cli.data.formats import MTLAnnotations, atomic_open
+from abaw_cli.labels import EXPRESSIONS, LSD_CLASSES, lsd_class_index
+
+CELL = 112
+LABEL_W = 130
+PER_ROW = 8
+
+
+def _grid(rows: list[tuple[str, list[Path]]], title: str) -> np.ndarray:
+    """One row per class: its name on the left, up to PER_ROW samples to the right."""
+    head = 34
+    sheet = np.full((head + CELL * len(rows), LABEL_W + CELL * PER_ROW, 3), 245, np.uint8)
+    cv2.putText(sheet, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (30, 30, 30), 2, cv2.LINE_AA)
+    for r, (name, paths) in enumerate(rows):
+        y = head + r * CELL
+        cv2.putText(sheet, name, (8, y + CELL // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (30, 30, 30), 1, cv2.LINE_AA)
+        for c, p in enumerate(paths[:PER_ROW]):
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise OSError(f"cannot read {p} for the contact sheet")
+            if img.shape[:2] != (CELL, CELL):
+                img = cv2.resize(img, (CELL, CELL), interpolation=cv2.INTER_AREA)
+            sheet[y:y + CELL, LABEL_W + c * CELL: LABEL_W + (c + 1) * CELL] = img
+    return sheet
+
+
+def _spread(items: list, k: int) -> list:
+    """k items spread evenly over the list (different videos/identities rather than neighbours)."""
+    if len(items) <= k:
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, k)]
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    with atomic_open(path, "wb") as fh:
+        fh.write(buf.tobytes())
+
+
+def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> list[Path]:
+    """Writes ROOT/contact_sheets/{mtl,lsd_synthetic,lsd_real,pool}.png from the files under ROOT."""
+    out = root / "contact_sheets"
+    written = []
+    rows = []
+    img_root = root / "mtl" / "cropped_aligned"
+    for e, name in enumerate(EXPRESSIONS):
+        paths = []
+        for ann in annotations.values():
+            idx = np.flatnonzero(ann.expression == e)
+            # Skip the first frames of each segment run, where the face is still changing.
+            paths += [img_root / ann.images[i] for i in idx]
+        rows.append((name, _spread(paths, PER_ROW)))
+    sheet = _grid(rows, "MTL (s-Aff-Wild2 layout): rows = expression label")
+    _save_png(out / "mtl.png", sheet)
+    written.append(out / "mtl.png")
+    for folder, key, title in (("training_set_synthetic_images", "lsd_synthetic", "LSD synthetic training style"),
+                               ("validation_set_real_images", "lsd_real", "LSD 'real' validation style")):
+        by_class: dict[str, list[Path]] = {c: [] for c in LSD_CLASSES}
+        for sub in sorted((root / "lsd" / folder).iterdir()):
+            by_class[LSD_CLASSES[lsd_class_index(sub.name)]] += sorted(sub.glob("*.jpg"))
+        sheet = _grid([(c, _spread(p, PER_ROW)) for c, p in by_class.items()], title)
+        _save_png(out / f"{key}.png", sheet)
+        written.append(out / f"{key}.png")
+    pool = sorted((root / "pool").rglob("*.jpg"))
+    chunks = _spread(pool, PER_ROW * 6)
+    rows = [("", chunks[i:i + PER_ROW]) for i in range(0, len(chunks), PER_ROW)]
+    _save_png(out / "pool.png", _grid(rows, "Unlabelled pool (MAE pretraining)"))
+    written.append(out / "pool.png")
+    return written
