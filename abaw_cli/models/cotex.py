@@ -38,8 +38,8 @@ class ViewOutputs(NamedTuple):
 class MaskedCoTEX(nn.Module):
     def __init__(self, views: list[nn.Module], classes: tuple[str, ...] = LSD_CLASSES, mask_rate: float = 0.5):
         super().__init__()
-        if len(views) < 2:
-            raise ValueError(f"Masked CoTEX needs at least two views, got {len(views)}")
+        if len(views) < 1:
+            raise ValueError("Masked CoTEX needs at least one view (two for co-training)")
         if not 0.0 <= mask_rate < 1.0:
             raise ValueError(f"mask_rate must be in [0, 1), got {mask_rate}")
         self.views = nn.ModuleList(views)
