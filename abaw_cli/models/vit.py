@@ -1,4 +1,4 @@
-"""The project's one ViT: timm's VisionTransformer with fixed 2-D sin-cos position embeddings.
+r"""The project's one ViT: timm's VisionTransformer with fixed 2-D sin-cos position embeddings.
 
 Used by MAE pretraining (`models/mae.py`), EMMA (`models/emma.py`) and Masked CoTEX
 (`models/cotex.py`). Everything here works on a plain `timm.models.vision_transformer.VisionTransformer`,
@@ -201,7 +201,7 @@ def encode_tokens(
 
 
 def vit_group_matcher(prefix: str = "") -> dict[str, Any]:
-    """Layer groups for layer-wise lr decay when the ViT lives under `prefix` in a wrapper module.
+    r"""Layer groups for layer-wise lr decay when the ViT lives under `prefix` in a wrapper module.
 
     `prefix` is a regular expression for the ViT's attribute path, e.g. r"vit\." or r"views\.\d+\."
     (two ViTs share layer ids). Return it from the wrapper's `group_matcher(self, coarse=False)`.
