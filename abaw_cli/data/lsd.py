@@ -20,11 +20,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from abaw_cli.labels import LSD_CLASSES, NUM_LSD_CLASSES
@@ -38,11 +38,16 @@ TRAIN_RESIZE_RATIO = 228 / 224
 
 
 def read_rgb(path: str | Path) -> torch.Tensor:
-    """uint8 RGB tensor (3, H, W) of an image file; a file that cannot be decoded is named in the error."""
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    """uint8 RGB tensor (3, H, W) of an image file; a file that cannot be decoded is named in the error.
+
+    OpenCV decodes (torchvision's decoders are deprecated since 0.29); grey and BGRA files come out RGB.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: cannot read image (no such file)")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: cannot read image (not a decodable image)")
+    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
 
 
 def train_transform(input_size: int) -> v2.Transform:

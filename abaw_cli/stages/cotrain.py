@@ -208,6 +208,25 @@ def model_config_for(cfg: CotrainConfig) -> dict:
     }
 
 
+def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Co-training term (see the module docstring) -> (loss, selected (B,) bool).
+
+    student: (V, B, C) logits of the token-dropped views on the unlabelled faces (with gradient);
+    teacher: (V, B, C) logits of the same views with all tokens (no gradient). A face is selected
+    when every view predicts the same class with probability >= threshold; view v is taught the
+    class predicted by view v+1 (cyclically: the other view when V = 2).
+    """
+    confidence, predicted = teacher.softmax(dim=-1).max(dim=-1)  # (V, B)
+    selected = (predicted == predicted[:1]).all(dim=0) & (confidence >= threshold).all(dim=0)
+    n_views, batch = predicted.shape
+    terms = []
+    for v in range(n_views):
+        target = predicted[(v + 1) % n_views]
+        per_face = F.cross_entropy(student[v], target, reduction="none")
+        terms.append((per_face * selected).sum() / batch)
+    return torch.stack(terms).mean(), selected
+
+
 class CotrainTask(Task):
     kind = "cotrain"
     selection_metric = "f1"
@@ -273,7 +292,8 @@ class CotrainTask(Task):
             accuracy = (logits.sum(0).argmax(-1) == labels).float().mean()
         logs = {"ce": float(ce.detach()), "js": float(js.detach()), "train_acc": float(accuracy)}
         if teacher is not None:
-            pseudo, rate = self._pseudo_label_loss(logits_u.float(), teacher)
+            pseudo, selected = pseudo_label_loss(logits_u.float(), teacher, cfg.pseudo_threshold)
+            rate = float(selected.float().mean())
             loss = loss + cfg.pseudo_weight * pseudo
             logs.update({"pseudo": float(pseudo.detach()), "pseudo_rate": rate})
         return loss, logs
@@ -287,19 +307,6 @@ class CotrainTask(Task):
             return model(unlabelled, return_views=True, mask_rate=0.0).float()
         finally:
             model.train(was_training)
-
-    def _pseudo_label_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Co-training term (see the module docstring); student/teacher are (V, B, C) logits."""
-        confidence, predicted = teacher.softmax(dim=-1).max(dim=-1)  # (V, B)
-        agree = (predicted == predicted[:1]).all(dim=0) & (confidence >= self.cfg.loss.pseudo_threshold).all(dim=0)
-        n_views, batch = predicted.shape
-        terms = []
-        for v in range(n_views):
-            # The class view v is taught comes from another view (they agree wherever `agree` holds).
-            target = predicted[(v + 1) % n_views]
-            per_face = F.cross_entropy(student[v], target, reduction="none")
-            terms.append((per_face * agree).sum() / batch)
-        return torch.stack(terms).mean(), float(agree.float().mean())
 
     # ---- validation
     def validate(self, model, device, epoch) -> dict[str, float]:

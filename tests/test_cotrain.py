@@ -1,0 +1,157 @@
+"""`abaw cotrain` on the demo LSD set: a short real run, co-training on unlabelled faces, configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights
+from abaw_cli.data.manifest import DatasetError
+from abaw_cli.labels import LSD_CLASSES
+from abaw_cli.models.registry import load_model
+from abaw_cli.stages.cotrain import cotrain, pseudo_label_loss, resolve_config
+from abaw_cli.train.engine import read_log
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(demo_root, tmp_path_factory):
+    """One test-tiny run (2 epochs) on the demo LSD set, shared by the checks below."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("cotrain") / "run"
+    best, history = cotrain(out, "test-tiny", overrides={"data.root": str(demo_root / "lsd"), "optim.device": "cpu"})
+    return out, best, history
+
+
+def test_short_run_writes_best_checkpoint_metrics_and_plots(tiny_run):
+    out, best, history = tiny_run
+    assert best == out / "best.pt" and best.is_file()
+    for name in ("metrics.json", "config.yaml", "log.jsonl", "checkpoint-last.pt", "confusion_matrix.png", "val_curves.png"):
+        assert (out / name).is_file(), name
+    epochs = [h for h in history if h["type"] == "epoch"]
+    assert len(epochs) == 2
+    for row in epochs:
+        for key in ("val_f1", "val_f1_view1", "val_f1_view2", "val_accuracy", *(f"val_f1_{c}" for c in LSD_CLASSES)):
+            assert 0.0 <= row[key] <= 1.0, key
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selection_metric"] == "f1"
+    assert metrics["best"] == max(r["val_f1"] for r in epochs)
+    assert metrics["best_epoch"]["f1"] == metrics["best"]
+    assert {"f1_view1", "f1_view2"} <= set(metrics["best_epoch"])
+    steps = [r for r in read_log(out / "log.jsonl") if r["type"] == "step"]
+    assert steps and all(np.isfinite(r["loss"]) and r["js"] >= 0 and r["ce"] > 0 for r in steps)
+    # The paper's batch rule: preset batch 8 / (1 - 0.5) = 16 per step.
+    assert "batch_size: 16" in (out / "config.yaml").read_text()
+
+
+def test_best_checkpoint_predicts_six_classes_alone(tiny_run, demo_root):
+    out, best, history = tiny_run
+    model, ckpt = load_model(best, kinds=("cotrain",))
+    meta = ckpt["meta"]
+    assert meta["classes"] == list(LSD_CLASSES)
+    assert meta["input_size"] == 32
+    assert meta["metrics"]["f1"] == json.loads((out / "metrics.json").read_text())["best"]
+    assert model.num_views == 2
+    assert {k.split(".")[1] for k in model.state_dict()} == {"0", "1"}  # both views are in best.pt
+    x = torch.rand(5, 3, meta["input_size"], meta["input_size"])
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (5, 6)
+    assert torch.equal(logits, model(x))  # eval: no token dropping
+
+
+def test_co_training_on_unlabelled_faces_runs_and_logs_pseudo_labels(demo_root, tmp_path):
+    out = tmp_path / "run_u"
+    overrides = {
+        "data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "pool"), "optim.device": "cpu",
+        "optim.max_steps": 3, "optim.epochs": 1, "loss.pseudo_threshold": 0.0,  # 0: every agreed face counts
+    }
+    cotrain(out, "test-tiny", overrides=overrides)
+    steps = [r for r in read_log(out / "log.jsonl") if r["type"] == "step"]
+    assert len(steps) == 3
+    assert all("pseudo" in r and 0.0 <= r["pseudo_rate"] <= 1.0 for r in steps)
+    assert any(r["pseudo_rate"] > 0 and r["pseudo"] > 0 for r in steps)
+
+
+def test_unlabelled_folder_must_not_hold_validation_images(demo_root, tmp_path):
+    overrides = {"data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "lsd" / "validation_set_real_images"), "optim.device": "cpu"}
+    with pytest.raises(DatasetError, match="validation"):
+        cotrain(tmp_path / "leak", "test-tiny", overrides=overrides)
+
+
+def test_pseudo_labels_need_agreement_and_confidence():
+    big = 10.0
+    # Teacher logits (2 views, 4 faces, 6 classes): face 0 both sure of class 2; face 1 both class 3
+    # but view 2 unsure; face 2 views disagree; face 3 both sure of class 5.
+    teacher = torch.zeros(2, 4, 6)
+    teacher[0, 0, 2] = teacher[1, 0, 2] = big
+    teacher[0, 1, 3], teacher[1, 1, 3] = big, 0.5
+    teacher[0, 2, 1] = teacher[1, 2, 4] = big
+    teacher[0, 3, 5] = teacher[1, 3, 5] = big
+    student = torch.zeros(2, 4, 6, requires_grad=True)
+    loss, selected = pseudo_label_loss(student, teacher, threshold=0.9)
+    assert selected.tolist() == [True, False, False, True]
+    # Uniform student logits: CE = log 6 on each selected face, normalised by all 4 faces.
+    assert loss.item() == pytest.approx(2 * np.log(6) / 4, rel=1e-5)
+    loss.backward()
+    assert student.grad[:, 1:3].abs().sum() == 0  # unselected faces teach nothing
+    assert student.grad[0, 0, 2] < 0 and student.grad[1, 3, 5] < 0  # selected: pushed to the agreed class
+    _, none = pseudo_label_loss(student.detach(), teacher, threshold=1.0)
+    assert not none.any()
+
+
+def test_batch_scaling_explicit_batch_and_resume(tmp_path):
+    cfg = resolve_config("test-tiny", tmp_path, False, {"model.mask_rate": 0.75})
+    assert cfg.optim.batch_size == 32 and not cfg.data.scale_batch_by_mask  # 8 / (1 - 0.75)
+    cfg = resolve_config("test-tiny", tmp_path, False, {"optim.batch_size": 10})
+    assert cfg.optim.batch_size == 10  # --batch is taken as given
+    paper = resolve_config("paper", tmp_path, False, {"init": "none"})
+    assert paper.optim.batch_size == 128 and paper.model.size == "base" and paper.loss.lambda_js == 100.0
+    assert paper.optim.layer_decay == 1.0  # nothing pretrained to protect with --init none
+    from abaw_cli.config import dump_config
+
+    dump_config(resolve_config("test-tiny", tmp_path, False, {}), tmp_path / "config.yaml")
+    resumed = resolve_config("test-tiny", tmp_path, True, {"optim.epochs": 5})
+    assert resumed.optim.batch_size == 16 and resumed.optim.epochs == 5  # scaled once, not twice
+
+
+def test_class_balance_weights_and_sampler():
+    labels = np.array([0] * 6 + [1, 2, 3, 4] + [5] * 2)
+    weights = balanced_class_weights(labels)
+    counts = np.bincount(labels, minlength=6)
+    assert torch.allclose(weights * torch.tensor(counts, dtype=torch.float32), torch.full((6,), len(labels) / 6))
+    per_sample = balanced_sample_weights(labels)
+    totals = np.bincount(labels, weights=per_sample.numpy(), minlength=6)
+    assert np.allclose(totals, 1.0)  # every class carries the same total draw weight
+
+
+def test_cli_help_lists_the_options():
+    from typer.testing import CliRunner
+
+    from abaw_cli.cli import app
+
+    result = CliRunner().invoke(app, ["cotrain", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for option in ("--data", "--init", "--mask-rate", "--lambda-js", "--unlabeled", "--pseudo-threshold", "--balance", "--resume", "Examples"):
+        assert option in result.output, option
+
+
+def test_cli_refuses_a_missing_data_root(tmp_path):
+    from typer.testing import CliRunner
+
+    from abaw_cli.cli import app
+
+    result = CliRunner().invoke(app, ["cotrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--preset", "test-tiny"])
+    assert result.exit_code == 2
+    assert "nope" in result.output
