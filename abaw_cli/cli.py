@@ -29,6 +29,7 @@ app = typer.Typer(
 
 # Stage modules, in pipeline order. Each exposes `register(app)`; a stage is listed only once it works.
 STAGES: tuple[str, ...] = (
+    "demo_data",
     "cotrain",
     "score",
 )
