@@ -148,7 +148,8 @@ def mtl_scores(pred_va: Any, pred_expr: Any, pred_aus01: Any, truth: Any) -> dic
     Returns a JSON-ready dict: ccc_valence, ccc_arousal, va = (ccc_valence + ccc_arousal) / 2,
     expression_f1, expression_f1_per_class {name: f1}, au_f1, au_f1_per_au {AU: f1},
     p_mtl = va + expression_f1 + au_f1, frame counts (n_frames, n_valence, n_arousal,
-    n_expression, n_au) and `warnings` (list of str). A term with no labelled frames contributes
+    n_expression, n_au, n_au_positive {AU: positives among the n_au frames}) and `warnings`
+    (list of str). A term with no labelled frames contributes
     0.0 and adds a warning; it never becomes NaN.
     """
     n = len(truth)
@@ -191,6 +192,7 @@ def mtl_scores(pred_va: Any, pred_expr: Any, pred_aus01: Any, truth: Any) -> dic
         "n_arousal": int(has_a.sum()),
         "n_expression": int(has_e.sum()),
         "n_au": int(has_au.sum()),
+        "n_au_positive": {k: int(v) for k, v in zip(labels.AUS, (truth.aus[has_au] == 1).sum(axis=0))},
         "warnings": warnings,
     }
 

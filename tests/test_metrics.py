@@ -140,6 +140,7 @@ def test_mtl_scores_sum_and_per_term_masks():
     assert (s["n_valence"], s["n_arousal"], s["n_au"]) == (350, 350, 350)
     assert s["n_expression"] == int((truth.expression >= 0).sum())
     assert list(s["au_f1_per_au"]) == list(labels.AUS)
+    assert s["n_au_positive"]["AU2"] == int((truth.aus[truth.has_aus, 1] == 1).sum())
     assert s["warnings"] == []
 
 

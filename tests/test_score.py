@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from abaw_cli import labels
-from abaw_cli.cli import app
 from abaw_cli.data.formats import (
     MTLAnnotations,
     PredictionTableWriter,
@@ -20,8 +20,19 @@ from abaw_cli.data.formats import (
     write_mtl_annotations,
     write_mtl_submission,
 )
+from abaw_cli.stages import score as score_stage
 
 runner = CliRunner()
+
+# The score subcommand on an app of its own, so these tests do not depend on other stages importing
+# cleanly; test_score_is_listed_with_help_and_examples checks the real `abaw` app.
+app = typer.Typer()
+score_stage.register(app)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `score` a subcommand, as in `abaw`."""
 
 
 def independent_p_mtl(pred_va, pred_expr, pred_aus, va, expr, aus) -> float:
@@ -200,8 +211,10 @@ def test_task_mismatch_and_bad_task_exit_2(tmp_path):
 
 
 def test_score_is_listed_with_help_and_examples():
-    result = runner.invoke(app, ["--help"])
+    from abaw_cli.cli import app as abaw_app
+
+    result = runner.invoke(abaw_app, ["--help"])
     assert result.exit_code == 0 and "score" in result.stdout
-    result = runner.invoke(app, ["score", "--help"])
+    result = runner.invoke(abaw_app, ["score", "--help"])
     assert result.exit_code == 0
     assert "Examples" in result.stdout and "--allow-partial" in result.stdout and "--truth" in result.stdout

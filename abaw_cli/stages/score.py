@@ -280,7 +280,7 @@ def render_table(result: ScoreResult) -> Table:
         table.add_section()
         table.add_row("[bold]AU mean F1[/]", f"{s['au_f1']:.4f}", f"{s['n_au']:,}")
         for name, value in s["au_f1_per_au"].items():
-            table.add_row(f"  F1 {name} ({labels.AU_NAMES[name]})", f"{value:.4f}", "")
+            table.add_row(f"  F1 {name} ({labels.AU_NAMES[name]})", f"{value:.4f}", f"{s['n_au_positive'][name]:,} pos")
     else:
         table = Table(title=f"LSD macro-F1 = {s['f1']:.4f}  ({result.prediction.name} vs {result.truth.name})")
         for name, justify in (("metric", "left"), ("value", "right"), ("frames", "right")):
