@@ -551,8 +551,11 @@ class LSDSamples:
         """Image keys as a submission names them: POSIX paths relative to `root`."""
         if self.root is None:
             return [p.as_posix() for p in self.paths]
+        # Paths under root (scan_lsd_folders, also for a relative root like `data/lsd/val`) lose
+        # the root; paths listed relative to it (read_lsd_labelled_list) are keys already.
         return [
-            (p.relative_to(self.root) if p.is_absolute() else p).as_posix() for p in self.paths
+            (p.relative_to(self.root) if p.is_relative_to(self.root) else p).as_posix()
+            for p in self.paths
         ]
 
 
