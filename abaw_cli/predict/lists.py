@@ -101,7 +101,8 @@ def load_image_set(path: str | os.PathLike, images_root: str | os.PathLike | Non
     """Read an ABAW list or LSD tree into an ImageSet, checking that every image is on disk."""
     path = Path(path)
     if is_lsd_tree(path):
-        samples = scan_lsd_folders(path)
+        # Absolute, so that relative_keys() gives `CLASS/file.jpg` whatever the working folder.
+        samples = scan_lsd_folders(path.absolute())
         keys = samples.relative_keys()
         if not keys:
             raise FormatError(path, None, "the LSD class folders hold no images")
