@@ -253,6 +253,15 @@ def test_scan_lsd_folders_accepts_aliases_and_image_types(tmp_path):
     assert samples.class_counts() == {name: 3 for name in labels.LSD_CLASSES}
     assert samples.labels.dtype == np.int64
     assert samples.relative_keys()[0] == "ANGRER/anger_0.jpg"
+    assert samples.paths[0] == tmp_path / "val" / "ANGRER" / "anger_0.jpg"
+
+
+def test_lsd_keys_do_not_depend_on_a_relative_root(tmp_path, monkeypatch):
+    make_lsd_tree(tmp_path / "data" / "val")
+    monkeypatch.chdir(tmp_path)
+    samples = scan_lsd_folders("data/val")
+    assert samples.relative_keys()[:2] == ["ANGRER/anger_0.jpg", "ANGRER/anger_1.png"]
+    assert all(p.is_file() for p in samples.paths)
     assert all(p.suffix in (".jpg", ".png") for p in samples.paths)
 
 
@@ -273,6 +282,7 @@ def test_labelled_lsd_list_takes_indices_and_names(tmp_path):
     samples = read_lsd_labelled_list(path)
     np.testing.assert_array_equal(samples.labels, [0, 4, 0])
     assert samples.relative_keys() == ["x/a.jpg", "x/b.jpg", "x/c.jpg"]
+    assert samples.paths[0] == tmp_path / "x" / "a.jpg"  # openable: relative to the list's folder
     bad = write_lines(tmp_path / "bad.csv", "image,expression", "x/a.jpg,CONTEMPT")
     assert_names(refusal(bad, read_lsd_labelled_list), bad, 2, "'CONTEMPT'")
 

@@ -529,7 +529,7 @@ def read_lsd_submission(path: str | os.PathLike) -> tuple[list[str], np.ndarray]
 
 @dataclass
 class LSDSamples:
-    """Labelled LSD images: `paths` (absolute, or as listed) and class indices into
+    """Labelled LSD images: `paths` (openable: `root / <key>`) and class indices into
     labels.LSD_CLASSES. `root` is the folder that `relative_keys()` are relative to."""
 
     paths: list[Path]
@@ -548,11 +548,11 @@ class LSDSamples:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(labels.LSD_CLASSES)}
 
     def relative_keys(self) -> list[str]:
-        """Image keys as a submission names them: POSIX paths relative to `root`."""
+        """Image keys as a submission names them: POSIX paths relative to `root` (the class-folder
+        tree or the labelled list's image root), e.g. `ANGER/0001.jpg`, whatever the working
+        folder and whether `root` is relative or absolute."""
         if self.root is None:
             return [p.as_posix() for p in self.paths]
-        # Paths under root (scan_lsd_folders, also for a relative root like `data/lsd/val`) lose
-        # the root; paths listed relative to it (read_lsd_labelled_list) are keys already.
         return [
             (p.relative_to(self.root) if p.is_relative_to(self.root) else p).as_posix()
             for p in self.paths
@@ -617,14 +617,15 @@ def read_lsd_labelled_list(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None
 ) -> LSDSamples:
     """A labelled LSD list: header `image,expression`, expression a class index 0..5 or a class
-    name (aliases accepted). Paths stay as listed (relative to `image_root`, default the list's
-    folder); with `image_root` given, listed images missing on disk are refused."""
+    name (aliases accepted). Listed images are relative to `image_root` (default: the list's
+    folder); `paths` are `image_root / image` and `relative_keys()` the images as listed. With
+    `image_root` given, listed images missing on disk are refused."""
     path = Path(path)
     images, classes = _read_image_class_list(path, allow_names=True)
     if image_root is not None:
         _check_images_exist(path, images, Path(image_root))
     root = Path(image_root) if image_root is not None else path.parent
-    return LSDSamples(paths=[Path(i) for i in images], labels=classes, root=root)
+    return LSDSamples(paths=[root / i for i in images], labels=classes, root=root)
 
 
 # ---------------------------------------------------------------------------------------------
