@@ -317,6 +317,7 @@ class Engine:
         best_value: float | None = None
         history: list[dict] = []
         rng_to_restore = None
+        resumed_losses: list[float] = []  # step losses of the epoch the checkpoint stopped inside
         if self.resume:
             ckpt = load_checkpoint(last_path, kinds=(task.kind,))
             ts = ckpt["train_state"]
@@ -324,6 +325,7 @@ class Engine:
             optimizer.load_state_dict(ts["optimizer"])
             epoch, step_in_epoch, global_step = ts["next_epoch"], ts["next_step_in_epoch"], ts["global_step"]
             best_value, history = ts.get("best_value"), list(ts.get("history", []))
+            resumed_losses = list(ts.get("epoch_losses", []))
             if ts.get("world_size") != world or ts.get("global_batch") != plan["global_batch"]:
                 log.warning(
                     "resuming with %d process(es) / global batch %d, saved with %s / %s: the data order will not repeat exactly",
@@ -383,7 +385,7 @@ class Engine:
                     sampler.set_epoch(epoch, start_batch=step_in_epoch * accum)
                     train_model.train()
                     batches = iter(loader)
-                    epoch_losses: list[float] = []
+                    epoch_losses, resumed_losses = resumed_losses, []
                     t_log, imgs_since = time.perf_counter(), 0
                     while step_in_epoch < spe and global_step < total_steps:
                         scheduler.step_update(global_step)
@@ -402,7 +404,7 @@ class Engine:
                             t_log, imgs_since = time.perf_counter(), 0
                             progress.update(bar, completed=global_step, loss=f"{stats['loss']:.4f}", lr=f"{lr_now:.2e}", ips=f"{ips:.1f}")
                         if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step_in_epoch < spe and global_step < total_steps:
-                            self._save_last(model, optimizer, epoch, step_in_epoch, global_step, best_value, history, plan, last_path)
+                            self._save_last(model, optimizer, epoch, step_in_epoch, global_step, best_value, history, plan, last_path, epoch_losses)
                             saved_step = global_step
 
                     # ---- epoch end (or the end of a --max-steps run inside an epoch)
@@ -425,7 +427,7 @@ class Engine:
                         self._write_metrics(history, best_value, global_step)
                     best_value = D.broadcast_object(best_value)
                     next_epoch, next_step = (epoch + 1, 0) if complete else (epoch, step_in_epoch)
-                    self._save_last(model, optimizer, next_epoch, next_step, global_step, best_value, history, plan, last_path)
+                    self._save_last(model, optimizer, next_epoch, next_step, global_step, best_value, history, plan, last_path, [] if complete else epoch_losses)
                     saved_step = global_step
                     epoch, step_in_epoch = next_epoch, next_step
         except KeyboardInterrupt:
@@ -504,7 +506,7 @@ class Engine:
             log.info("new best %s = %.4f -> %s", name, best_value, best_path)
         return best_value
 
-    def _save_last(self, model, optimizer, next_epoch, next_step, global_step, best_value, history, plan, path) -> None:
+    def _save_last(self, model, optimizer, next_epoch, next_step, global_step, best_value, history, plan, path, epoch_losses) -> None:
         rngs = D.all_gather_objects(rng_state())  # a collective: every rank calls it
         if not D.is_main():
             return
@@ -515,6 +517,7 @@ class Engine:
             "global_step": global_step,
             "best_value": best_value,
             "history": history,
+            "epoch_losses": list(epoch_losses),
             "rng": rngs,
             "world_size": D.world_size(),
             "global_batch": plan["global_batch"],
