@@ -30,6 +30,7 @@ app = typer.Typer(
 # Stage modules, in pipeline order. Each exposes `register(app)`; a stage is listed only once it works.
 STAGES: tuple[str, ...] = (
     "demo_data",
+    "crop_faces",
     "cotrain",
     "score",
 )

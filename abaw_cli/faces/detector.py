@@ -53,6 +53,11 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
 
 
+def default_batch(device: torch.device) -> int:
+    """Frames per detection pass: GPUs want many; on a CPU a few already keep the cores busy."""
+    return 32 if device.type == "cuda" else 4
+
+
 def box_sizes(boxes: np.ndarray) -> np.ndarray:
     """The shorter side of each (K, 4) box: what `min_face` is compared with."""
     return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
@@ -81,8 +86,7 @@ class FaceDetector:
             raise ValueError(f"thresholds must be three probabilities for P-, R- and O-Net (got {thresholds})")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.min_face = int(min_face)
-        # GPUs want many frames per pass; on a CPU a few frames already keep the cores busy.
-        self.batch = int(batch) if batch else (32 if self.device.type == "cuda" else 4)
+        self.batch = int(batch) if batch else default_batch(self.device)
         if self.batch < 1:
             raise ValueError(f"--batch must be positive (got {batch})")
         self.thresholds = tuple(float(t) for t in thresholds)

@@ -189,7 +189,7 @@ def _expand_folder(folder: Path, out: _Collector) -> None:
             out.add("images", sub, name, tuple(images))
         if others:
             shown = ", ".join(f.name for f in others[:5]) + (" ..." if len(others) > 5 else "")
-            out.skip(sub, f"{len(others)} file(s) that are neither video nor image skipped: {shown}")
+            out.skip(sub, f"{len(others)} file(s) neither video nor image: {shown}")
 
 
 def _expand_list(list_file: Path, out: _Collector) -> None:
