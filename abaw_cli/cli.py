@@ -31,6 +31,7 @@ app = typer.Typer(
 STAGES: tuple[str, ...] = (
     "demo_data",
     "crop_faces",
+    "pretrain_mae",
     "cotrain",
     "score",
 )
