@@ -1,0 +1,159 @@
+"""train-mtl: the MTL dataset, --init checks, and a short real run whose best.pt is reloaded and re-scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from abaw_cli.data.formats import read_mtl_annotations
+from abaw_cli.data.mtl import MTLDataset, class_balanced_weights, eval_transform, load_mtl_splits
+from abaw_cli.labels import AUS, EXPRESSIONS
+from abaw_cli.metrics import mtl_scores
+from abaw_cli.models.emma import EMMA
+from abaw_cli.models.registry import load_model
+from abaw_cli.models.vit import EncoderLoadError, create_vit, vit_meta
+from abaw_cli.stages import train_mtl as stage
+from abaw_cli.train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def mtl_root(demo_root: Path) -> Path:
+    return demo_root / "mtl"
+
+
+def test_dataset_items_follow_the_annotation_file(mtl_root: Path):
+    train, val = load_mtl_splits(mtl_root)
+    ds = MTLDataset(mtl_root, val, input_size=32, train=False)
+    assert len(ds) == len(val)
+    image, target = ds[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert target.shape == (15,)
+    assert target[:2].tolist() == pytest.approx(val.valence_arousal[3].tolist())
+    assert int(target[2]) == val.expression[3]
+    assert target[3:].long().tolist() == val.aus[3].tolist()
+    # Validation images are a plain resize: deterministic.
+    assert torch.equal(ds[3][0], image)
+    augmented = MTLDataset(mtl_root, train, input_size=32, train=True)[0][0]
+    assert augmented.shape == (3, 32, 32)
+
+
+def test_class_balanced_weights_give_missing_rows_the_average():
+    expr = np.array([0, 0, 0, 1, -1, 7])
+    w = class_balanced_weights(expr).numpy()
+    assert w[:4].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert w[5] == pytest.approx(1.0)
+    assert w[4] == pytest.approx(np.mean([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0]))
+    # Each labelled class draws the same total weight.
+    assert w[:3].sum() == pytest.approx(w[3]) == pytest.approx(w[5])
+
+
+def _config(**overrides) -> stage.TrainMTLConfig:
+    return stage.resolve_config("test-tiny", Path("unused"), False, overrides)
+
+
+def test_init_with_encoder_meta_adopts_its_architecture(tmp_path: Path):
+    vit = create_vit("micro", img_size=48, patch_size=16)  # width 64, depth 2, patch 16
+    path = tmp_path / "encoder.pt"
+    torch.save({"model": vit.state_dict(), "meta": vit_meta(vit, "micro")}, path)
+    resolved = stage.resolve_vit(_config(init=str(path), **{"model.size": "tiny", "model.input_size": 32}))
+    # Width/depth/heads/patch from the file; the configured input size stays (pos_embed is resized).
+    assert (resolved["embed_dim"], resolved["depth"], resolved["num_heads"], resolved["patch_size"]) == (64, 2, 2, 16)
+    assert resolved["img_size"] == 32
+
+
+def test_init_without_meta_must_match_the_configured_vit(tmp_path: Path):
+    public_style = tmp_path / "mae_pretrain_like.pth"
+    torch.save({"model": create_vit("micro", img_size=32, patch_size=8).state_dict()}, public_style)
+    with pytest.raises(EncoderLoadError, match=r"width 64, depth 2, patch 8 .* builds width 192, depth 12"):
+        stage.resolve_vit(_config(init=str(public_style), **{"model.size": "tiny"}))
+    matching = stage.resolve_vit(_config(init=str(public_style)))
+    assert matching["embed_dim"] == 64
+    with pytest.raises(EncoderLoadError, match="no such encoder file"):
+        stage.resolve_vit(_config(init=str(tmp_path / "missing.pt")))
+
+
+def test_init_weights_reach_the_model(tmp_path: Path, mtl_root: Path):
+    torch.manual_seed(1)
+    encoder = create_vit("micro", img_size=32, patch_size=8)
+    path = tmp_path / "encoder.pt"
+    torch.save({"model": encoder.state_dict(), "meta": vit_meta(encoder, "micro")}, path)
+    cfg = _config(init=str(path), **{"data.root": str(mtl_root)})
+    train, val = load_mtl_splits(mtl_root)
+    model = stage.MTLTask(cfg, train, val).build_model()
+    assert torch.equal(model.encoder.blocks[1].attn.qkv.weight, encoder.blocks[1].attn.qkv.weight)
+    assert cfg.optim.layer_decay == 0.65  # kept with a pretrained encoder (set to 1.0 for --init none)
+
+
+def _rescore_like_predict(model: EMMA, meta: dict, root: Path) -> dict:
+    """Score the validation set using nothing but the checkpoint: resize to meta input_size, /255
+    (via the eval transform), the model's own normalisation, the stored thresholds."""
+    val = read_mtl_annotations(root / "validation_set_annotations.txt")
+    transform = eval_transform(meta["input_size"])
+    from PIL import Image
+
+    images = torch.stack([transform(Image.open(root / "cropped_aligned" / name).convert("RGB")) for name in val.images])
+    with torch.no_grad():
+        out = model(images)
+    au = (torch.sigmoid(out[:, 10:22]).numpy() >= np.asarray(meta["au_thresholds"])).astype(np.int64)
+    return mtl_scores(out[:, :2].numpy(), out[:, 2:10].argmax(1).numpy(), au, val)
+
+
+def test_short_run_writes_best_pt_that_round_trips(tmp_path: Path, mtl_root: Path):
+    out = tmp_path / "run"
+    best, metrics = stage.train_mtl(out, "test-tiny", overrides={"data.root": str(mtl_root), "optim.max_steps": 3, "optim.epochs": 1})
+    for name in ("best.pt", "checkpoint-last.pt", "metrics.json", "config.yaml", "log.jsonl", "val_curves.png"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "metrics.json").read_text())
+    n_val = len(read_mtl_annotations(mtl_root / "validation_set_annotations.txt"))
+    assert on_disk["best_metrics"]["n_frames"] == n_val  # every validation frame was scored
+    assert set(on_disk["best_metrics"]) >= {"p_mtl", "p_mtl_at_0.5", "ccc_valence", "ccc_arousal", "expression_f1", "au_f1"}
+    assert len(on_disk["au_thresholds"]) == 12
+
+    model, ckpt = load_model(best, kinds=("mtl",))
+    meta = ckpt["meta"]
+    assert isinstance(model, EMMA) and not model.training and not model.prior.training
+    assert meta["expressions"] == list(EXPRESSIONS) and meta["aus"] == list(AUS)
+    assert meta["input_size"] == 32 and model.input_size == 32
+    assert meta["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["prior"] == "fer" and len(meta["prior_classes"]) == model.prior.num_outputs
+    thresholds = np.asarray(meta["au_thresholds"])
+    assert thresholds.shape == (12,) and ((thresholds > 0) & (thresholds < 1)).all()
+    # The reloaded model, fed as predict feeds it, reproduces the stored validation score.
+    rescored = _rescore_like_predict(model, meta, mtl_root)
+    assert rescored["n_frames"] == n_val
+    assert rescored["p_mtl"] == pytest.approx(meta["metrics"]["p_mtl"], abs=1e-4)
+    assert rescored["au_f1"] == pytest.approx(meta["metrics"]["au_f1"], abs=1e-4)
+    # The prior's weights travel in the checkpoint (no fer file needed to rebuild).
+    assert any(k.startswith("prior.") for k in load_checkpoint(best)["model"])
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    stage.register(app)
+
+    @app.command("noop")  # a second command keeps typer in multi-command mode
+    def noop() -> None:
+        pass
+
+    return app
+
+
+def test_cli_help_and_refusals(tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(_app(), ["train-mtl", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())
+    for needle in ("--init", "--cnn", "--va-input", "--balanced", "--label-smoothing", "--resume", "Examples", "pickled", "runs code"):
+        assert needle.lower() in text.lower(), needle
+    result = runner.invoke(_app(), ["train-mtl", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), "--preset", "test-tiny"])
+    assert result.exit_code == 2
+    assert "does not exist" in " ".join(result.output.split())
+    result = runner.invoke(_app(), ["train-mtl", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "huge"])
+    assert result.exit_code != 0
