@@ -57,6 +57,7 @@ LSD_TRAIN_POWER, LSD_VAL_POWER = 0.8, 0.3
 # Folder names as some LSD releases spell them (the readers accept the alias).
 LSD_TRAIN_FOLDERS = {"ANGER": "ANGRER"}
 POOL_PER_FOLDER = 500
+TRAIN_FILE, VAL_FILE = "training_set_annotations.txt", "validation_set_annotations.txt"
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,40 @@ def _run_jobs(jobs: list[dict], workers: int, on_done: Callable[[str, int], None
             on_done(part, n)
 
 
+@dataclass
+class DemoPlan:
+    """Everything decided before drawing: the labels and the render jobs (files under `stage`)."""
+
+    scale: str
+    seed: int
+    jobs: list[dict]
+    annotations: dict[str, MTLAnnotations]  # "train", "val"
+    lsd: dict[str, dict[str, int]]  # "train", "val" -> class -> count
+
+    def totals(self) -> dict[str, int]:
+        """Items per part (MTL frames, LSD images, pool faces, videos)."""
+        out: dict[str, int] = {}
+        for j in self.jobs:
+            out[j["part"]] = out.get(j["part"], 0) + (1 if j["kind"] == "video" else j["size"])
+        return out
+
+
+def plan_demo(stage: Path | str, scale: str = "small", seed: int = 0) -> DemoPlan:
+    """The labels and render jobs of a demo set (cheap: nothing is drawn)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown demo scale {scale!r}; expected one of {', '.join(SCALES)}")
+    stage, sc = Path(stage), SCALES[scale]
+    mtl_jobs, annotations = _plan_mtl(stage, sc, seed)
+    still_jobs, lsd = _plan_stills(stage, sc, seed)
+    return DemoPlan(scale, seed, mtl_jobs + still_jobs + _plan_videos(stage, sc, seed), annotations, lsd)
+
+
+def run_job(job: dict) -> int:
+    """Draw one job's files (an MTL clip, a batch of stills or a video); returns the item count."""
+    _worker_init()
+    return _run_job(job)[1]
+
+
 def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers: int | None = None,
                   overwrite: bool = False, show_progress: bool = False) -> dict:
     """Render the demo data set into `out`; returns a summary of what was made (also written to
@@ -257,18 +292,12 @@ def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers:
     if stage.exists():
         shutil.rmtree(stage)
     try:
-        mtl_jobs, annotations = _plan_mtl(stage, sc, seed)
-        still_jobs, lsd = _plan_stills(stage, sc, seed)
-        video_jobs = _plan_videos(stage, sc, seed)
+        plan = plan_demo(stage, scale, seed)
         (stage / "videos").mkdir(parents=True)
-        jobs = mtl_jobs + still_jobs + video_jobs
-        totals: dict[str, int] = {}
-        for j in jobs:
-            totals[j["part"]] = totals.get(j["part"], 0) + (j["size"] if j["kind"] != "video" else 1)
-        _render(jobs, totals, workers, show_progress)
-        for split, fname in (("train", "training_set_annotations.txt"), ("val", "validation_set_annotations.txt")):
-            write_mtl_annotations(stage / "mtl" / fname, annotations[split])
-        write_contact_sheets(stage, annotations)
+        _render(plan.jobs, plan.totals(), workers, show_progress)
+        for split, fname in (("train", TRAIN_FILE), ("val", VAL_FILE)):
+            write_mtl_annotations(stage / "mtl" / fname, plan.annotations[split])
+        write_contact_sheets(stage, plan.annotations)
         for part in PARTS:
             if (out / part).exists():
                 shutil.rmtree(out / part)
@@ -280,11 +309,11 @@ def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers:
         "scale": scale, "seed": seed,
         "scale_config": asdict(sc),
         "mtl": {split: ann.label_counts() | {"videos": len({i.split('/')[0] for i in ann.images})}
-                for split, ann in annotations.items()},
-        "lsd": {"train": lsd["train"], "val": lsd["val"],
-                "train_folders": {LSD_TRAIN_FOLDERS.get(k, k): v for k, v in lsd["train"].items()}},
+                for split, ann in plan.annotations.items()},
+        "lsd": {"train": plan.lsd["train"], "val": plan.lsd["val"],
+                "train_folders": {LSD_TRAIN_FOLDERS.get(k, k): v for k, v in plan.lsd["train"].items()}},
         "pool": sc.pool,
-        "videos": [{"name": Path(j["path"]).name, "frames": j["size"], "fps": 25} for j in video_jobs],
+        "videos": [{"name": Path(j["path"]).name, "frames": j["size"], "fps": 25} for j in plan.jobs if j["kind"] == "video"],
         "workers": workers,
         "seconds": round(time.perf_counter() - t0, 2),
     }

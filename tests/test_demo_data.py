@@ -1,0 +1,189 @@
+"""The demo data set: layouts, validators, label structure, determinism, face detectability, CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from abaw_cli import labels
+from abaw_cli.cli import app
+from abaw_cli.data.demo import SCALES, plan_demo, run_job
+from abaw_cli.data.demo.generate import MISSING_RATES
+from abaw_cli.data.formats import read_mtl_annotations, scan_lsd_folders, write_mtl_annotations
+from abaw_cli.data.manifest import check_dataset, load_manifest
+
+EXPR = {name: i for i, name in enumerate(labels.EXPRESSIONS)}
+AU = {name: j for j, name in enumerate(labels.AUS)}
+
+
+def _ann(root: Path, split: str):
+    name = "training_set_annotations.txt" if split == "train" else "validation_set_annotations.txt"
+    return read_mtl_annotations(root / "mtl" / name, image_root=root / "mtl" / "cropped_aligned")
+
+
+def test_mtl_layout_passes_the_validators(demo_root: Path):
+    header = (demo_root / "mtl" / "training_set_annotations.txt").read_text().splitlines()[0]
+    assert header == ",".join(labels.MTL_ANNOTATION_HEADER)
+    train, val = _ann(demo_root, "train"), _ann(demo_root, "val")
+    sc = SCALES["tiny"]
+    assert len(train) == sc.train_videos * sc.train_frames[0] and len(val) == sc.val_videos * sc.val_frames[0]
+    assert not {i.split("/")[0] for i in train.images} & {i.split("/")[0] for i in val.images}
+    first = train.images[0]
+    assert first == "vid000/00001.jpg"
+    img = cv2.imread(str(demo_root / "mtl" / "cropped_aligned" / first))
+    assert img.shape == (112, 112, 3)
+    # Missing labels at s-Aff-Wild2's rates (whole-frame, per task).
+    for name, has in (("va", train.has_va), ("expression", train.has_expression), ("au", train.has_aus)):
+        assert abs((1 - has.mean()) - MISSING_RATES["train"][name]) < 0.01, name
+    assert val.has_va.all() and val.has_aus.all()
+    assert abs((1 - val.has_expression.mean()) - MISSING_RATES["val"]["expression"]) < 0.01
+    assert set(train.expression[train.has_expression].tolist()) == set(range(labels.NUM_EXPRESSIONS))
+    assert set(val.expression[val.has_expression].tolist()) == set(range(labels.NUM_EXPRESSIONS))
+
+
+def test_labels_correlate_like_real_ones(demo_root: Path):
+    """AUs follow the expression prototypes; valence/arousal follow the circumplex."""
+    ann = _ann(demo_root, "train")
+    both = ann.has_expression & ann.has_aus & ann.has_va
+    e, a, va = ann.expression[both], ann.aus[both], ann.valence_arousal[both]
+
+    def au_rate(expr: str, au: str) -> float:
+        return float(a[e == EXPR[expr], AU[au]].mean())
+
+    assert au_rate("Happiness", "AU12") > 0.7 and au_rate("Sadness", "AU12") < 0.2
+    assert au_rate("Sadness", "AU15") > 0.6 and au_rate("Happiness", "AU15") < 0.2
+    assert au_rate("Surprise", "AU26") > 0.6 and au_rate("Neutral", "AU26") < 0.1
+    assert au_rate("Anger", "AU4") > 0.6
+    assert a[e == EXPR["Neutral"]].sum(1).mean() < 0.5
+    negative = np.isin(e, [EXPR[n] for n in ("Anger", "Disgust", "Fear", "Sadness")])
+    assert va[e == EXPR["Happiness"], 0].mean() > 0.3 > va[negative, 0].mean() + 0.5
+    aroused = np.isin(e, [EXPR[n] for n in ("Anger", "Fear", "Surprise")])
+    calm = np.isin(e, [EXPR[n] for n in ("Neutral", "Sadness")])
+    assert va[aroused, 1].mean() > va[calm, 1].mean() + 0.3
+    # Labels drift smoothly inside a clip: consecutive frames rarely jump in valence.
+    steps = np.abs(np.diff(ann.valence_arousal[:30, 0]))
+    assert np.median(steps) < 0.1
+
+
+def test_lsd_layout_imbalance_and_domain_shift(demo_root: Path):
+    train = scan_lsd_folders(demo_root / "lsd" / "training_set_synthetic_images")
+    val = scan_lsd_folders(demo_root / "lsd" / "validation_set_real_images")
+    assert (demo_root / "lsd" / "training_set_synthetic_images" / "ANGRER").is_dir()  # the alias path
+    counts = np.bincount(train.labels, minlength=labels.NUM_LSD_CLASSES)
+    assert len(train) == SCALES["tiny"].lsd_synthetic and len(val) == SCALES["tiny"].lsd_real
+    assert counts.argmax() == labels.LSD_CLASSES.index("SADNESS")
+    assert counts.argmin() == labels.LSD_CLASSES.index("FEAR") and counts.min() > 0
+    assert (np.bincount(val.labels, minlength=6) > 0).all()
+
+    def grain(paths) -> float:  # fine-detail energy: sensor noise + JPEG blocks
+        out = []
+        for p in paths[:30]:
+            g = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+            out.append(np.abs(g - cv2.medianBlur(g.astype(np.uint8), 3)).mean())
+        return float(np.mean(out))
+
+    assert grain(val.paths) > 1.5 * grain(train.paths)
+    assert len(list((demo_root / "pool").rglob("*.jpg"))) == SCALES["tiny"].pool
+
+
+def test_manifests_check_the_demo_set(demo_root: Path):
+    mtl = check_dataset(demo_root / "mtl", "demo-mtl", splits=["train", "val"])
+    lsd = check_dataset(demo_root / "lsd", "demo-lsd", splits=["train", "val"])
+    assert mtl.ok and lsd.ok
+    assert mtl.counts("train")["images"] == len(_ann(demo_root, "train"))
+
+
+def test_manifest_counts_are_those_of_the_small_scale(tmp_path: Path):
+    plan = plan_demo(tmp_path, "small", 0)  # labels only, nothing drawn
+    mtl, lsd = load_manifest("demo-mtl"), load_manifest("demo-lsd")
+    for split in ("train", "val"):
+        counts = plan.annotations[split].label_counts()
+        exp = mtl.splits[split].expected
+        assert {k: exp[k] for k in ("images", "va", "expression", "au")} == {k: counts[k] for k in ("images", "va", "expression", "au")}
+        assert lsd.splits[split].expected["images"] == sum(plan.lsd[split].values())
+    assert mtl.splits["train"].expected["expression_counts"] == plan.annotations["train"].label_counts()["expression_counts"]
+    assert lsd.splits["train"].expected["class_counts"] == plan.lsd["train"]
+
+
+def test_same_seed_same_files(demo_root: Path, tmp_path: Path):
+    """Re-planning and re-drawing in this process (one worker) repeats the two-worker files byte for byte."""
+    plan = plan_demo(tmp_path, "tiny", 0)
+    for split, name in (("train", "training_set_annotations.txt"), ("val", "validation_set_annotations.txt")):
+        write_mtl_annotations(tmp_path / name, plan.annotations[split])
+        assert (tmp_path / name).read_bytes() == (demo_root / "mtl" / name).read_bytes()
+    mtl_job = next(j for j in plan.jobs if j["kind"] == "mtl")
+    stills = next(j for j in plan.jobs if j["kind"] == "stills" and j["part"] == "lsd")
+    stills = dict(stills, items=stills["items"][:8])
+    run_job(mtl_job)
+    run_job(stills)
+    made = sorted(Path(mtl_job["folder"]).glob("*.jpg"))
+    assert len(made) == mtl_job["size"]
+    for p in made:
+        assert p.read_bytes() == (demo_root / "mtl" / "cropped_aligned" / p.parent.name / p.name).read_bytes()
+    for item in stills["items"]:
+        p = Path(item["path"])
+        assert p.read_bytes() == (demo_root / p.relative_to(tmp_path)).read_bytes()
+    other = plan_demo(tmp_path / "other", "tiny", 1)
+    assert not np.array_equal(other.annotations["train"].valence_arousal, plan.annotations["train"].valence_arousal)
+
+
+def _iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_video_truth_and_mtcnn_finds_the_face(demo_root: Path):
+    from facenet_pytorch import MTCNN
+
+    video = demo_root / "videos" / "demo00.mp4"
+    with open(video.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["frame", "time_s", "x1", "y1", "x2", "y2", "valence", "arousal", "expression", *labels.AUS]
+    cap = cv2.VideoCapture(str(video))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert len(frames) == len(rows) == round(SCALES["tiny"].video_seconds * 25)
+    assert frames[0].shape == (360, 640, 3)
+    assert len({r["expression"] for r in rows}) >= 2  # the expression changes over time
+    boxes = np.array([[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in rows])
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 3] <= 360).all()
+    # Every third frame (CPU time); the faces are >= 55 px wide, so the pyramid can start at 40 px.
+    mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=40)
+    idx = list(range(0, len(frames), 3))
+    batch = np.stack([cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB) for i in idx])
+    with torch.inference_mode():
+        found, probs = mtcnn.detect(batch)
+    hits = 0
+    for i, b, p in zip(idx, found, probs):
+        if b is None:
+            continue
+        b, p = np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(p, dtype=np.float64).reshape(-1)
+        hits += any(pp > 0.9 and _iou(bb, boxes[i]) > 0.4 for bb, pp in zip(b, p))
+    assert hits / len(idx) >= 0.95, f"MTCNN found the face in {hits}/{len(idx)} frames"
+
+
+def test_contact_sheets(demo_root: Path):
+    for name in ("mtl", "lsd_synthetic", "lsd_real", "pool"):
+        img = cv2.imread(str(demo_root / "contact_sheets" / f"{name}.png"))
+        assert img is not None and img.shape[0] > 300 and img.shape[1] > 900, name
+
+
+def test_cli_refuses_to_overwrite_and_bad_scale(demo_root: Path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["demo-data", str(demo_root), "--scale", "tiny"])
+    assert res.exit_code == 1 and "--force" in res.output
+    res = runner.invoke(app, ["demo-data", str(demo_root), "--scale", "huge"])
+    assert res.exit_code == 2
+    assert "demo-data" in runner.invoke(app, ["--help"]).output
