@@ -32,6 +32,7 @@ STAGES: tuple[str, ...] = (
     "demo_data",
     "crop_faces",
     "pretrain_mae",
+    "train_mtl",
     "cotrain",
     "score",
 )
