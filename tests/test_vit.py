@@ -123,9 +123,9 @@ def test_load_encoder_weights_refuses_missing_or_misshaped_keys(tmp_path):
 
 
 def test_encoder_spec_from_shapes():
-    vit = create_vit("tiny", img_size=112, patch_size=16)
+    vit = create_vit("micro", img_size=48, patch_size=16)
     assert encoder_spec({"model": vit.state_dict()}) == {
-        "size": "tiny", "img_size": 112, "patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3,
+        "size": "micro", "img_size": 48, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2,
     }
 
 
