@@ -1,0 +1,232 @@
+"""EMMA ablation on the demo MTL set with the cpu-small recipe, and paper-preset images/s on CUDA.
+
+    python bench/ablation_mtl.py                       # 3 arms x 3 seeds, table + JSON
+    python bench/ablation_mtl.py --arms emma random-init --seeds 0 1 --epochs 2
+    python bench/ablation_mtl.py --no-ablation         # only the CUDA throughput part (when CUDA is there)
+
+Arms (validation P_MTL of best.pt, AU thresholds tuned on validation; P_MTL at 0.5 beside it):
+    emma              MAE-initialised ViT + frozen fer prior          (the paper's system)
+    random-init       random ViT (layer decay off) + frozen fer prior (what MAE pretraining buys)
+    no-prior          MAE-initialised ViT, --cnn none                 (what the CNN prior buys)
+    random-no-prior   random ViT, no prior                            (optional fourth corner)
+
+The MAE encoder is pretrained once with `pretrain-mae --preset cpu-small` on the demo pool and
+cached, as is the demo set (ABAW_BENCH_CACHE, default ~/.cache/abaw-bench). Each number is one
+run's best epoch; the table gives mean +- sample std over seeds and the JSON every run.
+Where CUDA is present the script also runs the `paper` preset (ViT-B/16, 224, batch 100 x accum 4,
+bf16) for a few optimiser steps on the same data and reports images/s (end to end from the
+engine's log, and the model's own forward+backward+step rate on data already on the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from abaw_cli.data.demo import generate_demo  # noqa: E402
+from abaw_cli.stages.pretrain_mae import pretrain_mae  # noqa: E402
+from abaw_cli.stages.train_mtl import train_mtl  # noqa: E402
+
+console = Console()
+ARMS = {
+    "emma": {"init": "mae", "prior": "fer"},
+    "random-init": {"init": "none", "prior": "fer"},
+    "no-prior": {"init": "mae", "prior": "none"},
+    "random-no-prior": {"init": "none", "prior": "none"},
+}
+REPORTED = ("p_mtl", "p_mtl_at_0.5", "va", "expression_f1", "au_f1")
+
+
+def cached_demo(cache: Path, scale: str) -> Path:
+    out = cache / f"demo-{scale}-s0"
+    if not (out / "demo_summary.json").exists():
+        console.print(f"generating the {scale} demo set into {out} ...")
+        t0 = time.perf_counter()
+        generate_demo(out, scale=scale, seed=0, overwrite=True)
+        console.print(f"  {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def cached_encoder(cache: Path, demo: Path, scale: str, mae_epochs: int | None) -> tuple[Path, float | None]:
+    """encoder.pt of a finished cpu-small MAE run on the demo pool (pretrained once, then reused)."""
+    run = cache / (f"mae-cpu-small-{scale}" + (f"-e{mae_epochs}" if mae_epochs else ""))
+    done = run / "DONE"
+    if done.exists():
+        return run / "encoder.pt", None
+    if run.exists():
+        shutil.rmtree(run)  # an unfinished earlier attempt
+    console.print(f"pretraining the cpu-small MAE encoder on {demo / 'pool'} into {run} ...")
+    t0 = time.perf_counter()
+    overrides = {"optim.epochs": mae_epochs} if mae_epochs else {}
+    encoder, _ = pretrain_mae([demo / "pool"], run, "cpu-small", overrides=overrides)
+    seconds = time.perf_counter() - t0
+    done.write_text(f"{seconds:.1f}\n")
+    console.print(f"  {seconds:.0f} s")
+    return encoder, seconds
+
+
+def run_arm(arm: str, seed: int, data: Path, encoder: Path, work: Path, args) -> dict:
+    spec = ARMS[arm]
+    out = work / f"{arm}-s{seed}"
+    overrides = {
+        "data.root": str(data),
+        "init": str(encoder) if spec["init"] == "mae" else "none",
+        "model.prior": spec["prior"],
+        "optim.seed": seed,
+        "optim.epochs": args.epochs,
+        "optim.max_steps": args.max_steps,
+        "optim.device": "cpu",
+    }
+    t0 = time.perf_counter()
+    _, metrics = train_mtl(out, "cpu-small", overrides=overrides)
+    seconds = time.perf_counter() - t0
+    best = metrics["best_metrics"]
+    row = {"arm": arm, "seed": seed, "seconds": round(seconds, 1), "steps": metrics["global_step"],
+           **{k: best[k] for k in REPORTED}, "ccc_valence": best["ccc_valence"], "ccc_arousal": best["ccc_arousal"]}
+    console.print(f"  {arm} seed {seed}: P_MTL {row['p_mtl']:.4f} (0.5: {row['p_mtl_at_0.5']:.4f})  {seconds:.0f} s")
+    return row
+
+
+def summarise(rows: list[dict], arms: list[str]) -> dict:
+    summary = {}
+    for arm in arms:
+        runs = [r for r in rows if r["arm"] == arm]
+        summary[arm] = {
+            k: {"mean": statistics.fmean(r[k] for r in runs), "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0}
+            for k in REPORTED
+        }
+        summary[arm]["n_seeds"] = len(runs)
+    return summary
+
+
+def print_table(summary: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("arm")
+    for k in REPORTED:
+        table.add_column(k.replace("_", " "), justify="right")
+    table.add_column("seeds", justify="right")
+    for arm, s in summary.items():
+        table.add_row(arm, *[f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in REPORTED], str(s["n_seeds"]))
+    console.print(table)
+
+
+PAPER_VIT = {"size": "base", "img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1}
+
+
+def paper_throughput(data: Path, work: Path, steps: int, prior: str, device: str = "cuda", preset: str = "paper",
+                     vit: dict = PAPER_VIT, batch: int = 100) -> dict:
+    """images/s of the `paper` preset: a short end-to-end run, and the model step alone.
+    (device/preset/vit/batch exist so that the same code can be smoke-tested small on a CPU.)"""
+    out = work / f"{preset}-{device}"
+    overrides = {"data.root": str(data), "init": "none", "model.prior": prior, "optim.max_steps": steps, "optim.epochs": 30,
+                 "optim.device": device, "optim.log_every_steps": 1, "optim.checkpoint_every_steps": 0,
+                 "optim.num_workers": min(16, os.cpu_count() or 1), "data.eval_batch_size": 500}
+    t0 = time.perf_counter()
+    train_mtl(out, preset, overrides=overrides)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    ips = [r["images_per_s"] for r in rows if r.get("type") == "step"][1:]  # the first step pays for warm-up
+    result = {"end_to_end_images_per_s_median": statistics.median(ips) if ips else None, "steps": steps, "wall_s": round(wall, 1)}
+
+    # The model step alone (data already on the GPU): ViT-B/16 + prior + heads, bf16 autocast, AdamW.
+    from abaw_cli.models.emma import EMMA, build_encoder
+    from abaw_cli.models.priors import build_prior
+    from abaw_cli.train.engine import TrainConfig, default_param_groups
+
+    from abaw_cli.runtime import autocast
+
+    dev = torch.device(device)
+    model = EMMA(build_encoder(vit), build_prior(prior)).to(dev).train()
+    opt = torch.optim.AdamW(default_param_groups(model, TrainConfig(layer_decay=0.65)), lr=1e-4)
+    x = torch.rand(batch, 3, vit["img_size"], vit["img_size"], device=dev)
+    cuda = dev.type == "cuda"
+
+    def step():
+        with autocast(dev):  # bf16 on CUDA, as the engine trains
+            loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    n, t0 = 20 if cuda else 2, time.perf_counter()
+    for _ in range(n):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    result["model_step_images_per_s"] = n * batch / (time.perf_counter() - t0)
+    result["batch"] = batch
+    result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    result["gpu"] = torch.cuda.get_device_name() if cuda else "cpu"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=["emma", "random-init", "no-prior"], choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--scale", default="small", choices=["tiny", "small", "medium"])
+    parser.add_argument("--epochs", type=int, default=3, help="train-mtl epochs per run (cpu-small preset otherwise)")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--mae-epochs", type=int, default=None, help="pretrain-mae epochs (default: the cpu-small preset's)")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("ABAW_BENCH_CACHE", Path.home() / ".cache" / "abaw-bench")))
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ablation_mtl.json")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the CPU ablation (e.g. on a GPU machine)")
+    parser.add_argument("--cuda-steps", type=int, default=8, help="optimiser steps of the paper-preset CUDA run")
+    parser.add_argument("--cuda-prior", default="fer")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if not torch.cuda.is_available():
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    t_start = time.perf_counter()
+    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    demo = cached_demo(args.cache, args.scale)
+    data = demo / "mtl"
+    with tempfile.TemporaryDirectory(prefix="abaw-ablation-") as tmp:
+        work = Path(tmp)
+        if not args.no_ablation:
+            needs_mae = any(ARMS[a]["init"] == "mae" for a in args.arms)
+            encoder, mae_seconds = cached_encoder(args.cache, demo, args.scale, args.mae_epochs) if needs_mae else (None, None)
+            results["mae_pretrain_seconds"] = mae_seconds
+            rows = [run_arm(arm, seed, data, encoder, work, args) for seed in args.seeds for arm in args.arms]
+            summary = summarise(rows, args.arms)
+            results["runs"], results["summary"] = rows, summary
+            print_table(summary, f"EMMA ablation, demo {args.scale}, cpu-small, {args.epochs} epochs, seeds {args.seeds} (validation, mean ± std)")
+        if torch.cuda.is_available():
+            cuda = paper_throughput(data, work, args.cuda_steps, args.cuda_prior)
+            results["cuda_paper"] = cuda
+            console.print(
+                f"paper preset on {cuda['gpu']}: end to end {cuda['end_to_end_images_per_s_median'] or float('nan'):.0f} images/s "
+                f"(median over steps 2..{cuda['steps']}); model step alone {cuda['model_step_images_per_s']:.0f} images/s, "
+                f"peak {cuda['peak_gpu_memory_gib']:.1f} GiB at batch {cuda['batch']}"
+            )
+    results["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = args.json.with_name(args.json.name + ".tmp")
+    tmp_json.write_text(json.dumps(results, indent=2))
+    tmp_json.replace(args.json)
+    console.print(f"total {results['total_seconds']:.0f} s; results in {args.json}")
+
+
+if __name__ == "__main__":
+    main()
