@@ -160,6 +160,7 @@ def test_video_truth_and_mtcnn_finds_the_face(demo_root: Path):
     boxes = np.array([[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in rows])
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 3] <= 360).all()
     # Every third frame (CPU time); the faces are >= 55 px wide, so the pyramid can start at 40 px.
+    # MTCNN's own thresholds decide what is a face, as in abaw_cli.faces.detector.
     mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=40)
     idx = list(range(0, len(frames), 3))
     batch = np.stack([cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB) for i in idx])
@@ -170,7 +171,7 @@ def test_video_truth_and_mtcnn_finds_the_face(demo_root: Path):
         if b is None:
             continue
         b, p = np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(p, dtype=np.float64).reshape(-1)
-        hits += any(pp > 0.9 and _iou(bb, boxes[i]) > 0.4 for bb, pp in zip(b, p))
+        hits += any(_iou(bb, boxes[i]) > 0.4 for bb in b)
     assert hits / len(idx) >= 0.95, f"MTCNN found the face in {hits}/{len(idx)} frames"
 
 

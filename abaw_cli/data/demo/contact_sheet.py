@@ -40,6 +40,29 @@ def _spread(items: list, k: int) -> list:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, k)]
 
 
+def _mid_of_runs(annotations: dict[str, MTLAnnotations], e: int, img_root: Path) -> list[Path]:
+    """Up to PER_ROW frames labelled `e`: the middle frame of each labelled run (the expression at
+    its apex, not mid-change), one run per clip first so the row shows different people."""
+    runs: list[tuple[int, str, int]] = []  # (round, clip, frame index)
+    for ann in annotations.values():
+        lab = ann.expression == e
+        seen: dict[str, int] = {}
+        i = 0
+        while i < len(lab):
+            if not lab[i]:
+                i += 1
+                continue
+            j = i
+            clip = ann.images[i].split("/")[0]
+            while j < len(lab) and lab[j] and ann.images[j].split("/")[0] == clip:
+                j += 1
+            runs.append((seen.get(clip, 0), ann.images[(i + j) // 2], 0))
+            seen[clip] = seen.get(clip, 0) + 1
+            i = j
+    runs.sort(key=lambda r: r[0])
+    return [img_root / r[1] for r in runs[:PER_ROW]]
+
+
 def _save_png(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
@@ -55,12 +78,7 @@ def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> 
     rows = []
     img_root = root / "mtl" / "cropped_aligned"
     for e, name in enumerate(EXPRESSIONS):
-        paths = []
-        for ann in annotations.values():
-            idx = np.flatnonzero(ann.expression == e)
-            # Skip the first frames of each segment run, where the face is still changing.
-            paths += [img_root / ann.images[i] for i in idx]
-        rows.append((name, _spread(paths, PER_ROW)))
+        rows.append((name, _mid_of_runs(annotations, e, img_root)))
     sheet = _grid(rows, "MTL (s-Aff-Wild2 layout): rows = expression label")
     _save_png(out / "mtl.png", sheet)
     written.append(out / "mtl.png")

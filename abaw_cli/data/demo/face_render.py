@@ -12,6 +12,7 @@ composited onto a background. Callers draw at 2x and shrink (INTER_AREA) to soft
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ class Identity:
     lip_low: float
     ear: float
     age: float  # 0..1: baseline wrinkle depth
+    hair_bumps: np.ndarray  # irregularity of the hairline
+    part_side: int  # -1 / +1: where the hair parts and the fringe falls
+    beard: int  # 0 none, 1 stubble, 2 full beard
 
 
 def random_identity(rng: np.random.Generator) -> Identity:
@@ -91,6 +95,8 @@ def random_identity(rng: np.random.Generator) -> Identity:
         mouth_y=rng.uniform(0.6, 0.7), mouth_w=rng.uniform(0.34, 0.42),
         lip_up=rng.uniform(0.06, 0.085), lip_low=rng.uniform(0.075, 0.11),
         ear=rng.uniform(0.85, 1.15), age=float(rng.beta(1.5, 4)),
+        hair_bumps=rng.uniform(-1, 1, 15).astype(np.float32), part_side=int(rng.choice([-1, 1])),
+        beard=int(rng.choice(3, p=[0.8, 0.11, 0.09])),
     )
 
 
@@ -110,22 +116,25 @@ class Light:
     ambient: float = 1.0  # overall gain
 
 
+@functools.lru_cache(maxsize=32)
+def _catmull_basis(n: int) -> np.ndarray:
+    """(n, 4) Catmull-Rom weights of p0..p3 at n steps t in [0, 1)."""
+    t = np.linspace(0, 1, n, endpoint=False)
+    return 0.5 * np.stack([-t + 2 * t * t - t ** 3, 2 - 5 * t * t + 3 * t ** 3,
+                           t + 4 * t * t - 3 * t ** 3, -t * t + t ** 3], 1)
+
+
 def _curve(points: np.ndarray, n: int = 12) -> np.ndarray:
     """Catmull-Rom spline through `points` (k, d), n samples per segment."""
-    p = np.asarray(points, np.float32)
+    p = np.asarray(points, np.float64)
     if len(p) < 3:
         t = np.linspace(0, 1, n)[:, None]
         return p[0] * (1 - t) + p[-1] * t
-    ext = np.vstack([2 * p[0] - p[1], p, 2 * p[-1] - p[-2]])
-    t = np.linspace(0, 1, n, endpoint=False)[:, None]
-    t2, t3 = t * t, t * t * t
-    out = []
-    for i in range(1, len(ext) - 2):
-        p0, p1, p2, p3 = ext[i - 1], ext[i], ext[i + 1], ext[i + 2]
-        out.append(0.5 * (2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t3))
-    out.append(p[-1:])
-    return np.vstack(out)
+    ext = np.concatenate([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]])
+    k = len(p) - 1
+    quads = np.stack([ext[0:k], ext[1:k + 1], ext[2:k + 2], ext[3:k + 3]], 1)  # (k, 4, d)
+    out = np.einsum("tj,sjd->std", _catmull_basis(n), quads).reshape(-1, p.shape[1])
+    return np.concatenate([out, p[-1:]])
 
 
 class FacePainter:
@@ -145,6 +154,7 @@ class FacePainter:
         self.cr, self.sr = math.cos(r), math.sin(r)
         self.wyaw = math.hypot(self.cyaw, 0.9 * self.syaw)
         self.wpit = math.hypot(self.cpit, 0.9 * self.spit)
+        self._set_matrices()
         # Jaw drop (AU26, a little with AU25) lowers everything under the mouth.
         self.drop = 0.2 * aus.au(26) + 0.03 * aus.au(25)
         self.skin = ident.skin
@@ -152,34 +162,42 @@ class FacePainter:
     # ---- geometry -------------------------------------------------------------------------
     def depth(self, x, y):
         b = self.id.face_b * 1.05
-        return 0.95 * np.sqrt(np.maximum(0.05, 1 - np.square(x) - np.square(y / b)))
+        return 0.95 * np.sqrt(np.maximum(0.05, 1 - x * x - (y / b) ** 2))
+
+    def _set_matrices(self) -> None:
+        """Projection = one (3, 2) matrix per point kind: yaw, then pitch (orthographic), then
+        roll and scale; plus the centre offset."""
+        cy_, sy_, cp, sp, cr, sr, k = self.cyaw, self.syaw, self.cpit, self.spit, self.cr, self.sr, self.s
+        roll = np.array([[cr, sr], [-sr, cr]]) * k  # rows: x', y' -> (px, py)
+
+        def head(wx: float, wy: float) -> np.ndarray:
+            # x' = x wx + z sy ; y' = y wy - (-x sy + z cy) sp
+            pre = np.array([[wx, sy_ * sp], [0.0, wy], [sy_, -cy_ * sp]])
+            return pre @ roll
+
+        self.m_face = head(cy_, cp)
+        self.m_sil = head(self.wyaw, self.wpit)
+        self.m_body = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]) @ roll
+        self.offset = np.array([self.cx, self.cy])
 
     def project(self, pts: np.ndarray, silhouette: bool = False, body: bool = False) -> np.ndarray:
         """(n, 3) face units -> (n, 2) pixels. `silhouette` points keep the head outline's width
         under yaw; `body` points (neck, shoulders) only follow roll and position."""
-        x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-        if body:
-            xp, yp = x, y
-        else:
-            wx = self.wyaw if silhouette else self.cyaw
-            xp = x * wx + z * self.syaw
-            z1 = -x * self.syaw + z * self.cyaw
-            wy = self.wpit if silhouette else self.cpit
-            yp = y * wy - z1 * self.spit
-        px = self.cx + self.s * (xp * self.cr - yp * self.sr)
-        py = self.cy + self.s * (xp * self.sr + yp * self.cr)
-        return np.stack([px, py], 1)
+        m = self.m_body if body else (self.m_sil if silhouette else self.m_face)
+        return pts @ m + self.offset
 
     def surf(self, xy: np.ndarray, dz: float = 0.0) -> np.ndarray:
         """Points (n, 2) on the face surface (depth from the head model) -> pixels."""
-        xy = np.asarray(xy, np.float32).reshape(-1, 2)
-        z = self.depth(xy[:, 0], xy[:, 1]) + dz
-        return self.project(np.column_stack([xy, z]))
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        pts = np.empty((len(xy), 3))
+        pts[:, :2] = xy
+        pts[:, 2] = self.depth(xy[:, 0], xy[:, 1]) + dz
+        return pts @ self.m_face + self.offset
 
     # ---- drawing primitives -----------------------------------------------------------------
     @staticmethod
     def _col(bgr) -> tuple:
-        b, g, r = (float(v) for v in np.clip(bgr, 0, 255))
+        b, g, r = (min(255.0, max(0.0, float(v))) for v in bgr)
         return (b, g, r, 255.0)
 
     def poly(self, px: np.ndarray, colour, img: np.ndarray | None = None) -> None:
@@ -223,6 +241,7 @@ class FacePainter:
         self.poly(oval, self.skin)
         self.draw_cheeks()
         self.draw_wrinkles()
+        self.draw_beard(pts)
         self.draw_nose()
         for sgn in (-1, 1):
             self.draw_eye(sgn)
@@ -306,7 +325,7 @@ class FacePainter:
         if st > 0.12:
             for sgn in (-1, 1):
                 xy = np.array([[sgn * 0.05, brow_y + 0.0], [sgn * 0.04, brow_y + 0.07], [sgn * 0.055, brow_y + 0.13]])
-                self.line(self.surf(_curve(xy, 4)), self.shade(1 - 0.35 * st), 0.022)
+                self.line(self.surf(_curve(xy, 4)), self.shade(1 - 0.22 * st), 0.016)
         if au9 > 0.12:  # nose wrinkles across the bridge
             for k in range(2):
                 y = idn.eye_y + 0.03 + 0.05 * k
@@ -335,7 +354,7 @@ class FacePainter:
         idn, a = self.id, self.au
         cx = sgn * idn.eye_dx
         ew, eh = idn.eye_w, idn.eye_h
-        hu = eh * (1 + 0.55 * a.au(5) - 0.35 * a.au(7) - 0.2 * a.au(6) - 0.15 * a.au(4) - 0.15 * a.au(9))
+        hu = eh * (1 + 0.6 * a.au(5) - 0.2 * a.au(7) - 0.2 * a.au(6) - 0.12 * a.au(4) - 0.15 * a.au(9))
         hl = eh * (0.6 - 0.55 * a.au(6) - 0.7 * a.au(7) - 0.3 * a.au(9) + 0.15 * a.au(5))
         hl = max(hl, 0.15 * eh - hu)
         f = np.linspace(0, 1, 11)
@@ -480,6 +499,28 @@ class FacePainter:
         if gap > 0.01:
             self.line(P(yli), idn.lip * 0.55, 0.012)
 
+    def draw_beard(self, outline_pts: np.ndarray) -> None:
+        """Stubble (a shadow of hair colour) or a full beard over the jaw, around the mouth."""
+        idn = self.id
+        if idn.beard == 0:
+            return
+        colour = self.skin * 0.86 + idn.hair * 0.14 if idn.beard == 1 else idn.hair * 0.7 + self.skin * 0.3
+        # The jaw below the mouth corners and the chin; cheeks stay bare so the face keeps its shape.
+        top = idn.mouth_y - (0.3 if idn.beard == 1 else 0.15)
+        low = outline_pts[(outline_pts[:, 1] > top) & (outline_pts[:, 0] ** 2 < 0.98)]
+        low = low[np.argsort(np.arctan2(low[:, 1], low[:, 0]))]  # right jaw -> chin -> left jaw
+        mw = idn.mouth_w + 0.08
+        inner = np.array([[-0.8, top], [-mw - 0.04, idn.mouth_y - 0.02], [-mw * 0.6, idn.nose_tip_y + 0.1],
+                          [0.0, idn.nose_tip_y + 0.09], [mw * 0.6, idn.nose_tip_y + 0.1],
+                          [mw + 0.04, idn.mouth_y - 0.02], [0.8, top]])
+        inner_px = self.surf(_curve(inner, 4), 0.03)
+        self.poly(np.vstack([self.project(low, silhouette=True), inner_px]), colour)
+        if idn.beard == 2:  # texture: short darker and lighter hairs along the jaw
+            for k, x in enumerate(np.linspace(-0.7, 0.7, 9)):
+                y = idn.mouth_y + 0.25 + 0.35 * (1 - (x / 0.8) ** 2)
+                seg = np.array([[x, y - 0.12], [x * 1.05, y]])
+                self.line(self.surf(seg, 0.02), colour * (0.75 if k % 2 else 1.2), 0.02)
+
     def draw_front_hair(self) -> None:
         idn = self.id
         if idn.hair_style == 2:  # shaved: a faint cap
@@ -491,19 +532,30 @@ class FacePainter:
         vol = 1.12 if idn.hair_style == 3 else 1.04
         top = np.column_stack([vol * np.cos(t), -0.05 + vol * b * np.sin(t) * 0.98])
         top_px = self.project(np.column_stack([top, np.full(len(top), 0.0)]), silhouette=True)
-        hl, fr = idn.hairline, idn.fringe
-        xs = np.linspace(0.97, -0.97, 13)
-        ys = hl + 0.06 * np.abs(xs) * 2 + fr * np.exp(-((xs - 0.3 * np.sign(fr + 1e-3)) / 0.35) ** 2) * 0.6
-        side = idn.eye_y - 0.12
-        line = np.column_stack([xs, np.minimum(ys, side)])
-        line = np.vstack([[[0.99, side]], line, [[-0.99, side]]])
-        line_px = self.surf(line, 0.02)
-        self.poly(np.vstack([top_px, line_px]), colour)
-        if idn.hair_style != 2:  # a few strands for texture
-            for k in range(5):
-                x = -0.6 + 0.3 * k
-                strand = np.array([[x, hl - 0.35], [x + 0.1, hl - 0.15], [x + 0.05, hl - 0.02]])
-                self.line(self.surf(strand, 0.05), colour * 0.75, 0.018)
+        # Hairline: a dome from temple to temple, uneven, with a fringe falling on one side.
+        hl, fr, side_y = idn.hairline, idn.fringe, idn.eye_y - 0.12
+        xs = np.linspace(0.97, -0.97, 15)
+        dome = hl + (side_y - hl) * np.abs(xs) ** 2.2
+        fringe = fr * np.exp(-((xs - 0.35 * idn.part_side) / 0.32) ** 2)
+        ys = np.minimum(dome + fringe + 0.025 * idn.hair_bumps * (idn.hair_style != 2), side_y)
+        line = np.vstack([[[0.99, side_y + 0.02]], np.column_stack([xs, ys]), [[-0.99, side_y + 0.02]]])
+        self.poly(np.vstack([top_px, self.surf(line, 0.02)]), colour)
+        if idn.hair_style == 2:
+            return
+        # Strands from the parting, darker and lighter, so the hair reads as hair.
+        part = np.array([0.3 * idn.part_side, hl - 0.55])
+        for k, x_end in enumerate(np.linspace(-0.9, 0.9, 9)):
+            j = int(np.argmin(np.abs(xs - x_end)))
+            end = np.array([x_end, ys[j] - 0.03])
+            mid = (part + end) / 2 + np.array([0.0, -0.08])
+            shade = 0.7 if k % 2 else 1.25
+            self.line(self.surf(_curve(np.array([part, mid, end]), 4), 0.05),
+                      np.minimum(colour * shade + (12 if shade > 1 else 0), 255), 0.02)
+        if idn.hair_style == 1:  # long hair: locks over the temples and the sides of the face
+            for sgn in (-1, 1):
+                lock = np.array([[sgn * 1.06, side_y - 0.1], [sgn * 0.88, side_y + 0.05], [sgn * 0.86, idn.nose_tip_y],
+                                 [sgn * 0.93, idn.mouth_y + 0.15], [sgn * 1.08, idn.mouth_y + 0.3], [sgn * 1.12, side_y]])
+                self.poly(self.project(np.column_stack([lock, np.zeros(len(lock))]), silhouette=True), colour * 0.92)
 
 
 def lighting_map(shape: tuple[int, int], center: tuple[float, float], scale: float, face_b: float,
@@ -537,6 +589,7 @@ def eye_mid_offset(ident: Identity, pose: Pose) -> np.ndarray:
     used to align crops on the eyes like the s-Aff-Wild2 crops are."""
     probe = FacePainter(np.zeros((1, 1, 4), np.uint8), ident, AUState.neutral(), pose, (0.0, 0.0), 1.0, Light())
     probe.cr, probe.sr = 1.0, 0.0
+    probe._set_matrices()
     return probe.surf(np.array([[-ident.eye_dx, ident.eye_y], [ident.eye_dx, ident.eye_y]]), -0.04).mean(0)
 
 

@@ -37,9 +37,10 @@ def clutter(rng: np.random.Generator, h: int, w: int, shapes: int = 10, blur: fl
     c0 = grey + rng.uniform(-40, 40, 3)
     c1 = c0 * rng.uniform(0.5, 1.2) + rng.uniform(-20, 20, 3)
     ang = rng.uniform(0, 2 * math.pi)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = ((xs / w - 0.5) * math.cos(ang) + (ys / h - 0.5) * math.sin(ang) + 0.5).clip(0, 1)[..., None]
-    img = np.clip(c0 * (1 - t) + c1 * t, 0, 255).astype(np.uint8)
+    xs = (np.arange(w, dtype=np.float32) / w - 0.5) * math.cos(ang)
+    ys = (np.arange(h, dtype=np.float32) / h - 0.5) * math.sin(ang)
+    t = np.clip(ys[:, None] + xs[None, :] + 0.5, 0, 1)[..., None]
+    img = np.clip(c0.astype(np.float32) * (1 - t) + c1.astype(np.float32) * t, 0, 255).astype(np.uint8)
     for _ in range(shapes):
         g = rng.uniform(20, 235)
         col = tuple(float(v) for v in np.clip(g + rng.uniform(-55, 55, 3), 0, 255))
@@ -86,26 +87,37 @@ def random_look(rng: np.random.Generator, style: str) -> Look:
                     gain=cast * rng.uniform(0.92, 1.08, 3), gamma=float(rng.uniform(0.75, 1.35)),
                     contrast=float(rng.uniform(0.7, 0.95)), jpeg=int(rng.integers(30, 65)))
     if style == "wild":
-        return Look(blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(1, 6)),
+        return Look(blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(0.5, 4)),
                     gain=rng.uniform(0.9, 1.1, 3), gamma=float(rng.uniform(0.85, 1.15)),
                     contrast=float(rng.uniform(0.85, 1.05)), jpeg=int(rng.integers(55, 92)))
     raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
 
 
+def look_lut(look: Look) -> np.ndarray:
+    """(256, 1, 3) table doing the look's colour cast, contrast and gamma in one cv2.LUT call."""
+    x = np.arange(256, dtype=np.float32)
+    gain = np.ones(3) if look.gain is None else look.gain
+    luts = []
+    for c in range(3):
+        v = (x * float(gain[c]) - 128.0) * look.contrast + 128.0
+        v = 255.0 * np.power(np.clip(v, 0, 255) / 255.0, look.gamma)
+        luts.append(np.clip(np.round(v), 0, 255).astype(np.uint8))
+    return np.stack(luts, 1)[:, None, :]
+
+
 def apply_look(img: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
-    out = img.astype(np.float32)
+    """Blur, colour (LUT), then sensor noise: luminance grain plus weaker colour grain."""
+    out = img
     if look.blur > 0.2:
         out = cv2.GaussianBlur(out, (0, 0), look.blur)
-    if look.gain is not None:
-        out *= look.gain.astype(np.float32)
-    if look.contrast != 1.0:
-        out = (out - 128.0) * look.contrast + 128.0
-    if look.gamma != 1.0:
-        out = 255.0 * np.power(np.clip(out, 0, 255) / 255.0, look.gamma)
+    out = cv2.LUT(out, look_lut(look))
     if look.noise > 0:
-        out += rng.normal(0, look.noise, out.shape[:2])[..., None].astype(np.float32)
-        out += rng.normal(0, look.noise * 0.5, out.shape).astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+        h, w = out.shape[:2]
+        noise = rng.standard_normal((h, w, 1), dtype=np.float32) * look.noise
+        noise = noise + rng.standard_normal((h, w, 3), dtype=np.float32) * (look.noise * 0.5)
+        out = cv2.add(out.astype(np.float32), noise)
+        out = np.clip(out, 0, 255).astype(np.uint8)
+    return out
 
 
 def random_pose(rng: np.random.Generator, yaw: float = 28, pitch: float = 14, roll: float = 6) -> Pose:

@@ -13,7 +13,7 @@ import numpy as np
 
 from abaw_cli.data.demo.face_render import random_identity, render_person
 from abaw_cli.data.demo.plans import Deck, make_timeline, smooth_noise
-from abaw_cli.data.demo.scenes import clutter, random_light, random_look
+from abaw_cli.data.demo.scenes import clutter, look_lut, random_light, random_look
 from abaw_cli.labels import AUS
 
 WIDTH, HEIGHT, FPS = 640, 360, 25
@@ -21,18 +21,6 @@ FOURCC = "mp4v"  # this OpenCV build cannot write H.264
 TRUTH_HEADER = ("frame", "time_s", "x1", "y1", "x2", "y2", "valence", "arousal", "expression", *AUS)
 # The person patch around the face origin, in face units (x: left..right, y: top..bottom).
 PATCH = (-2.6, -1.9, 2.6, 2.0)
-
-
-def _look_luts(look) -> np.ndarray:
-    """Per-channel 256-entry tables doing the look's colour cast, contrast and gamma at once."""
-    x = np.arange(256, dtype=np.float32)
-    luts = []
-    gain = look.gain if look.gain is not None else np.ones(3)
-    for c in range(3):
-        v = (x * gain[c] - 128.0) * look.contrast + 128.0
-        v = 255.0 * np.power(np.clip(v, 0, 255) / 255.0, look.gamma)
-        luts.append(np.clip(v, 0, 255).astype(np.uint8))
-    return np.stack(luts, 1)[:, None, :]  # (256, 1, 3) for cv2.LUT
 
 
 def render_video(path: Path, seed: tuple[int, ...], seconds: float) -> int:
@@ -45,7 +33,7 @@ def render_video(path: Path, seed: tuple[int, ...], seconds: float) -> int:
     light = random_light(rng, "wild")
     look = random_look(rng, "wild")
     look.noise = min(look.noise, 3.0)
-    luts = _look_luts(look)
+    luts = look_lut(look)
     background = clutter(rng, HEIGHT, WIDTH, shapes=int(rng.integers(14, 26)), blur=2.0)
     # Face half-width in pixels (faces 55..170 px wide) and a path that keeps the face inside.
     hw0 = float(rng.uniform(30, 70))
