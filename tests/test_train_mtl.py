@@ -157,3 +157,18 @@ def test_cli_help_and_refusals(tmp_path: Path):
     assert "does not exist" in " ".join(result.output.split())
     result = runner.invoke(_app(), ["train-mtl", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "huge"])
     assert result.exit_code != 0
+
+
+def test_task_options_balanced_sampling_and_features_ablation(mtl_root: Path):
+    train, val = load_mtl_splits(mtl_root)
+    cfg = _config(**{"data.root": str(mtl_root), "loss.balanced": True, "model.va_input": "features", "model.prior": "none"})
+    task = stage.MTLTask(cfg, train, val)
+    weights = task.train_sampler_weights()
+    assert len(weights) == len(train) and float(weights.min()) > 0
+    model = task.build_model()
+    assert model.prior is None and model.valence_arousal_head[0].in_features == 64
+    assert task.model_config()["prior"] is None and task.model_config()["va_input"] == "features"
+    # pos_weight comes from the training AU counts (negatives / positives, fully labelled rows).
+    rows = train.aus[(train.aus >= 0).all(axis=1)]
+    assert task.pos_weight[0].item() == pytest.approx((rows[:, 0] == 0).sum() / max((rows[:, 0] == 1).sum(), 1))
+    assert stage.MTLTask(_config(**{"data.root": str(mtl_root)}), train, val).train_sampler_weights() is None
