@@ -20,3 +20,14 @@ def demo_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate_demo(out, scale="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mtl_model(demo_root, tmp_path_factory) -> Path:
+    """best.pt of a real train-mtl run (preset test-tiny, 4 steps) on the tiny demo set: a model
+    with the checkpoint layout predict and score read (weights barely trained)."""
+    from abaw_cli.stages.train_mtl import train_mtl
+
+    out = tmp_path_factory.mktemp("tiny-mtl")
+    best, _ = train_mtl(out, "test-tiny", overrides={"data.root": str(demo_root / "mtl"), "optim.max_steps": 4, "optim.epochs": 1})
+    return best
