@@ -147,6 +147,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(faces, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_nan_gradient_behind_a_finite_loss_also_stops(faces, tmp_path):
+    class NanGrad(MAETask):
+        def training_step(self, model, batch, device):
+            loss, logs = super().training_step(model, batch, device)
+            t = model.mask_token.sum() - 1e9  # where() keeps the value finite; sqrt's gradient is NaN
+            return loss + torch.where(t > 0, torch.sqrt(t), torch.zeros_like(t)), logs
+
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient norm nan .* optimiser step 1.*no checkpoint"):
+        run(tiny_cfg(), faces, tmp_path / "run", NanGrad)
+
+
 def test_best_checkpoint_and_run_folder_refusals(faces, tmp_path):
     scores = iter([0.2, 0.5, 0.4])
 

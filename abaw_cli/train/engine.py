@@ -39,8 +39,8 @@ Engine responsibilities
 - resume=True continues EXACTLY: the sampler order of an epoch is a function of (seed, epoch), each
   item's augmentation runs under its own seed (SeededDataset), so a resumed run sees the same
   batches, masks and dropout draws and ends with identical parameters.
-- a non-finite loss (or gradient norm) raises NonFiniteLossError before the optimiser steps; the
-  last good checkpoint-last.pt is left untouched.
+- a non-finite loss or gradient norm (measured every step, logged as grad_norm) raises
+  NonFiniteLossError before the optimiser steps; the last good checkpoint-last.pt is left untouched.
 - rich progress (loss, lr, images/s, ETA), log.jsonl (a row per `log_every_steps` steps plus a row
   per epoch with "type": "epoch"), config.yaml, metrics.json and loss_curve.png in run_dir.
 
@@ -458,8 +458,9 @@ class Engine:
         packed = D.all_reduce_sum(packed.float()) / D.world_size()
         values = packed.tolist()
         grad_norm = None
-        if math.isfinite(values[0]) and cfg.clip_grad:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.clip_grad))
+        if math.isfinite(values[0]):  # the norm is always measured: a NaN gradient must not reach the weights
+            max_norm = cfg.clip_grad if cfg.clip_grad else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm))
         if not math.isfinite(values[0]) or (grad_norm is not None and not math.isfinite(grad_norm)):
             what = f"loss {values[0]}" if not math.isfinite(values[0]) else f"gradient norm {grad_norm}"
             kept = (
@@ -474,10 +475,7 @@ class Engine:
             )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        out = {"loss": values[0], **dict(zip(keys, values[1:]))}
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
-        return out
+        return {"loss": values[0], **dict(zip(keys, values[1:])), "grad_norm": grad_norm}
 
     def _validate(self, model: nn.Module, device: torch.device, epoch: int) -> dict | None:
         val = None
