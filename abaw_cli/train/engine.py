@@ -347,7 +347,7 @@ class Engine:
             log.info(
                 "lr %.3g = %s (effective batch %d = batch %d x accum %d x %d process(es)); %d steps/epoch, %d steps, %d warm-up",
                 plan["lr"],
-                f"lr override" if cfg.lr is not None else f"base lr {cfg.base_lr:g} x {plan['global_batch']} / 256",
+                "lr override" if cfg.lr is not None else f"base lr {cfg.base_lr:g} x {plan['global_batch']} / 256",
                 plan["global_batch"], cfg.batch_size, accum, world, spe, total_steps, plan["warmup_steps"],
             )
         sampler = D.EpochSampler(len(dataset), cfg.batch_size, spe * accum, cfg.seed, world, rank, task.train_sampler_weights())
@@ -487,14 +487,16 @@ class Engine:
             model.train(was_training)
             val = {k: float(v) for k, v in val.items()} if val else None
         D.barrier()
-        return D.broadcast_object(val)
+        val = D.broadcast_object(val)
+        name = self.task.selection_metric
+        if name and val and name not in val:  # checked on every rank, so all of them stop together
+            raise EngineError(f"validate() returned {sorted(val)} but the selection metric is {name!r}")
+        return val
 
     def _maybe_save_best(self, model, val, best_value, best_path) -> float | None:
         name = self.task.selection_metric
         if not name or not val:
             return best_value
-        if name not in val:
-            raise EngineError(f"validate() returned {sorted(val)} but the selection metric is {name!r}")
         if best_value is None or val[name] > best_value:
             best_value = val[name]
             meta = dict(self.task.checkpoint_meta(model, val))
