@@ -34,6 +34,7 @@ STAGES: tuple[str, ...] = (
     "pretrain_mae",
     "train_mtl",
     "cotrain",
+    "predict",
     "score",
 )
 
