@@ -21,27 +21,20 @@ log = logging.getLogger(__name__)
 HELP = """Predict valence/arousal, expressions and AUs (train-mtl model) or the 6 LSD classes (cotrain model).
 
 INPUTS can be:
-  - videos (every frame gets a row: MTCNN detection, 5-point alignment, batched model);
-  - photos or folders of images (detected and aligned like video frames; an `image` column names the file);
-  - ABAW lists: an MTL test list (`MTL_Challenge_test_set_release.txt`), an MTL annotation file
-    (its images, e.g. the validation set), an LSD list (`image,expression`), whose images under
-    --images ROOT are aligned crops (resized only); or an LSD class-folder tree
-    (`validation_set_real_images`, images named `CLASS/file.jpg` relative to it).
-    Lists and trees give the official submission file (same header and image order), which
-    `abaw score` reads back.
 
-Outputs (--out): a path ending in .csv/.parquet/.txt is that file (one input only); any other path
-is a folder with `<name>.csv` per video/image source and `<name>.submission.txt` per list.
-Table columns: source, frame (0-based, the crop-faces numbering), time_s, track, face (0 = no face:
-predictions empty), x1 y1 x2 y2, det_score, valence, arousal, expression, p_<expression> x8,
-p_<AU> x12, <AU> 0/1 x12 (checkpoint thresholds); a cotrain model gives expression + p_<CLASS> x6.
+- videos: every frame gets a row (MTCNN detection, 5-point alignment, batched model);
 
---smooth S averages each track's probabilities and VA over a centred S-second window (a look-ahead
-of S/2 s is buffered; memory stays bounded). --detect-every K runs MTCNN on every K-th frame and
-follows the faces in between by optical flow on the landmarks: faster when detection dominates,
-but faces that appear, vanish or move fast between detections are caught up to K-1 frames late.
+- photos or folders of images: detected and aligned like video frames, with an `image` column naming the file;
 
-Bad input (unreadable video, checkpoint of another kind, missing listed images) exits with code 2.
+- ABAW lists: an MTL test list (MTL_Challenge_test_set_release.txt), an MTL annotation file (its images, e.g. the validation set) or an LSD list (image,expression), whose images under --images ROOT are aligned crops (resized only); or an LSD class-folder tree (validation_set_real_images; images named CLASS/file.jpg relative to it). These give the official submission file (same header and image order), which `abaw score` reads back.
+
+Outputs: an --out path ending in .csv/.parquet/.txt is that file (one input only); any other path is a folder with <name>.csv per video or image source and <name>.submission.txt per list. --overlay (.mp4) and --plot (.png) follow the same rule.
+
+Table columns: source, frame (0-based, as crop-faces numbers crops), time_s, track, face (0 = no face, predictions empty), x1 y1 x2 y2, det_score, valence, arousal, expression, p_<expression> x8, p_<AU> x12, <AU> 0/1 x12 (the checkpoint's thresholds); a cotrain model gives expression and p_<CLASS> x6.
+
+--smooth S averages each track's probabilities and VA over a centred window of S seconds (S/2 s of look-ahead is buffered; memory stays bounded). --detect-every K runs MTCNN on every K-th frame only and follows the faces in between by optical flow on the landmarks: faster where detection dominates, but a face that appears, vanishes or moves fast is caught up to K-1 frames late.
+
+Bad input (an unreadable video, a checkpoint of another kind, missing listed images) exits with code 2; a video without any face gives empty rows and a warning.
 
 [bold]Examples[/]
 
@@ -107,5 +100,8 @@ def register(app: typer.Typer) -> None:
             err.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         err.print(summary_table(report))
+        for s in report.sources:
+            if s.frames and not s.frames_with_face:
+                err.print(f"warning: no face found in any of the {s.frames} frames of {s.name}: its table has only empty rows (face=0)", style="yellow", markup=False, highlight=False)
         frames = sum(s.frames for s in report.sources) + sum(s.images for s in report.sets)
         err.print(f"{frames} frames/images in {report.seconds:.1f} s ({frames / max(report.seconds, 1e-9):.1f} per second overall)", highlight=False)
