@@ -81,14 +81,19 @@ def test_lsd_layout_imbalance_and_domain_shift(demo_root: Path):
     assert counts.argmin() == labels.LSD_CLASSES.index("FEAR") and counts.min() > 0
     assert (np.bincount(val.labels, minlength=6) > 0).all()
 
-    def grain(paths) -> float:  # fine-detail energy: sensor noise + JPEG blocks
-        out = []
+    def style(paths) -> tuple[float, float]:
+        """(sensor grain: median |image - blurred image|, so sparse drawn edges do not count;
+        mean colour saturation)."""
+        grain, sat = [], []
         for p in paths[:30]:
-            g = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).astype(np.float32)
-            out.append(np.abs(g - cv2.medianBlur(g.astype(np.uint8), 3)).mean())
-        return float(np.mean(out))
+            img = cv2.imread(str(p))
+            g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+            grain.append(np.median(np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.0))))
+            sat.append(cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1].mean())
+        return float(np.mean(grain)), float(np.mean(sat))
 
-    assert grain(val.paths) > 1.5 * grain(train.paths)
+    (grain_syn, sat_syn), (grain_real, sat_real) = style(train.paths), style(val.paths)
+    assert grain_real > 1.5 * grain_syn and sat_syn > 1.2 * sat_real  # noisy, muted photos vs clean renders
     assert len(list((demo_root / "pool").rglob("*.jpg"))) == SCALES["tiny"].pool
 
 
@@ -178,7 +183,7 @@ def test_video_truth_and_mtcnn_finds_the_face(demo_root: Path):
 def test_contact_sheets(demo_root: Path):
     for name in ("mtl", "lsd_synthetic", "lsd_real", "pool"):
         img = cv2.imread(str(demo_root / "contact_sheets" / f"{name}.png"))
-        assert img is not None and img.shape[0] > 300 and img.shape[1] > 900, name
+        assert img is not None and img.shape[0] > 300 and img.shape[1] >= 8 * 112, name
 
 
 def test_cli_refuses_to_overwrite_and_bad_scale(demo_root: Path):

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"expected one of {', '.join(SCALES)}", param_hint="--scale")
         try:
             summary = generate_demo(out, scale=scale, seed=seed, workers=workers, overwrite=force, show_progress=True)
-        except FileExistsError as e:
+        except (FileExistsError, NotADirectoryError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(code=1) from e
         console.print(summary_table(summary))

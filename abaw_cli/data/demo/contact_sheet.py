@@ -15,10 +15,10 @@ LABEL_W = 130
 PER_ROW = 8
 
 
-def _grid(rows: list[tuple[str, list[Path]]], title: str) -> np.ndarray:
+def _grid(rows: list[tuple[str, list[Path]]], title: str, label_w: int = LABEL_W) -> np.ndarray:
     """One row per class: its name on the left, up to PER_ROW samples to the right."""
     head = 34
-    sheet = np.full((head + CELL * len(rows), LABEL_W + CELL * PER_ROW, 3), 245, np.uint8)
+    sheet = np.full((head + CELL * len(rows), label_w + CELL * PER_ROW, 3), 245, np.uint8)
     cv2.putText(sheet, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (30, 30, 30), 2, cv2.LINE_AA)
     for r, (name, paths) in enumerate(rows):
         y = head + r * CELL
@@ -29,7 +29,7 @@ def _grid(rows: list[tuple[str, list[Path]]], title: str) -> np.ndarray:
                 raise OSError(f"cannot read {p} for the contact sheet")
             if img.shape[:2] != (CELL, CELL):
                 img = cv2.resize(img, (CELL, CELL), interpolation=cv2.INTER_AREA)
-            sheet[y:y + CELL, LABEL_W + c * CELL: LABEL_W + (c + 1) * CELL] = img
+            sheet[y:y + CELL, label_w + c * CELL: label_w + (c + 1) * CELL] = img
     return sheet
 
 
@@ -93,6 +93,6 @@ def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> 
     pool = sorted((root / "pool").rglob("*.jpg"))
     chunks = _spread(pool, PER_ROW * 6)
     rows = [("", chunks[i:i + PER_ROW]) for i in range(0, len(chunks), PER_ROW)]
-    _save_png(out / "pool.png", _grid(rows, "Unlabelled pool (MAE pretraining)"))
+    _save_png(out / "pool.png", _grid(rows, "Unlabelled pool (MAE pretraining)", label_w=0))
     written.append(out / "pool.png")
     return written

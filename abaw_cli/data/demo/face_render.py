@@ -417,8 +417,8 @@ class FacePainter:
         mid = np.array([sgn * (ex + 0.02), base - 0.22 - idn.brow_arch])
         outer = np.array([sgn * (ex + ew + 0.08), base - 0.16])
         au1, au2, au4, au9 = a.au(1), a.au(2), a.au(4), a.au(9)
-        inner += [-sgn * 0.06 * au4, -0.14 * au1 + 0.08 * au4 + 0.05 * au9]
-        mid += [0, -0.05 * au1 - 0.09 * au2 + 0.045 * au4 + 0.02 * au9]
+        inner += [-sgn * 0.07 * au4, -0.14 * au1 + 0.1 * au4 + 0.05 * au9]
+        mid += [0, -0.05 * au1 - 0.09 * au2 + 0.055 * au4 + 0.02 * au9]
         outer += [0, -0.12 * au2 + 0.015 * au4 + 0.03 * au1 * (1 - au2)]
         c = _curve(np.array([inner, mid, outer]), 6)
         f = np.linspace(0, 1, len(c))
@@ -431,14 +431,14 @@ class FacePainter:
         idn, a = self.id, self.au
         au10, au12, au15, au20 = a.au(10), a.au(12), a.au(15), a.au(20)
         au23, au24, au25, au26 = a.au(23), a.au(24), a.au(25), a.au(26)
-        mw = idn.mouth_w * (1 + 0.25 * au12 - 0.18 * au23 - 0.1 * au24 + 0.2 * au20 - 0.04 * au15)
-        dy = -0.12 * au12 + 0.1 * au15 - 0.02 * au20
+        mw = idn.mouth_w * (1 + 0.25 * au12 - 0.25 * au23 - 0.12 * au24 + 0.28 * au20 - 0.04 * au15)
+        dy = -0.12 * au12 + 0.1 * au15 + 0.03 * au20
         my = idn.mouth_y
         open_ = au25 > 0.12 or au26 > 0.12
         gap = (0.07 * au25 + 0.06 * au25 * au12 + 0.24 * au26 + 0.04 * au10) if open_ else 0.0
         up_raise = 0.06 * au10 + 0.015 * au12
-        tu = idn.lip_up * (1 - 0.55 * au23 - 0.65 * au24) * (1 - 0.3 * au12)
-        tl = idn.lip_low * (1 - 0.5 * au23 - 0.6 * au24) * (1 - 0.2 * au12)
+        tu = idn.lip_up * max(0.12, 1 - 0.75 * au23 - 0.85 * au24 - 0.3 * au20) * (1 - 0.3 * au12)
+        tl = idn.lip_low * max(0.12, 1 - 0.7 * au23 - 0.8 * au24 - 0.3 * au20) * (1 - 0.2 * au12)
         xs = np.linspace(-mw, mw, 21)
         u = xs / mw
         prof = np.clip(1 - u * u, 0, 1) ** 0.6
@@ -463,9 +463,12 @@ class FacePainter:
             if au12 > 0.3:  # dimple at the corner
                 self.line(self.surf(np.array([[sgn * (mw + 0.02), my + dy - 0.03], [sgn * (mw + 0.035), my + dy + 0.03]]), 0.04),
                           self.shade(0.78), 0.015)
-        if au24 > 0.2:  # pressed lips bulge the skin above and below
-            for y, k in ((yuo - 0.035, 0.7), (ylo + 0.045, 0.6)):
-                self.line(P(y)[4:-4], self.shade(1 - 0.25 * au24 * k), 0.02)
+        press = max(au24, 0.7 * au23)
+        if press > 0.2:  # pressed / tightened lips bulge the skin above and below, the chin crease deepens
+            for y, k in ((yuo - 0.04, 0.8), (ylo + 0.05, 0.7)):
+                self.line(P(y)[3:-3], self.shade(1 - 0.4 * press * k), 0.025)
+            chin = np.array([[-mw * 0.55, my + 0.2], [0.0, my + 0.24 + self.drop], [mw * 0.55, my + 0.2]])
+            self.line(self.surf(_curve(chin, 4), 0.05), self.shade(1 - 0.35 * press), 0.022)
         if gap > 0.01:
             interior = np.vstack([P(yui), P(yli)[::-1]])
             x0, y0 = np.floor(interior.min(0)).astype(int) - 2
@@ -481,7 +484,7 @@ class FacePainter:
                 sel = np.abs(xs) < 0.8 * mw
                 top_teeth = np.vstack([P(yui - 0.01)[sel], P(yui + teeth_h)[sel][::-1]])
                 self.poly(top_teeth - off, (205, 222, 232), mouth)
-                if gap > 0.12:
+                if gap > 0.12 or (au20 > 0.3 and gap > 0.04):
                     sel2 = np.abs(xs) < 0.6 * mw
                     self.poly(np.vstack([P(yli - 0.04)[sel2], P(yli + 0.01)[sel2][::-1]]) - off, (190, 205, 215), mouth)
                 if au26 > 0.4:
@@ -495,7 +498,7 @@ class FacePainter:
         self.poly(np.vstack([P(yli), P(ylo)[::-1]]), idn.lip)
         hl = yli + tl * 0.35 * prof
         self.line(P(hl)[6:-6], np.minimum(idn.lip * 1.12, 255), 0.02)
-        self.line(P(yui), idn.lip * 0.45, 0.016)
+        self.line(P(yui), idn.lip * (0.45 - 0.15 * press), 0.016 + 0.014 * press)
         if gap > 0.01:
             self.line(P(yli), idn.lip * 0.55, 0.012)
 

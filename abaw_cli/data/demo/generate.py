@@ -128,7 +128,10 @@ def _single_image(style: str, expression: str, seed: list[int]) -> tuple[np.ndar
     aus = sample_expression(rng, expression, strength=float(rng.uniform(0.5, 1.0)))
     if style == "synthetic":
         pose = scenes.random_pose(rng, yaw=20, pitch=10, roll=4)
-        back = scenes.studio(rng, scenes.CROP, scenes.CROP)
+        if rng.random() < 0.7:  # mostly a studio backdrop, else a soft out-of-focus scene
+            back = scenes.studio(rng, scenes.CROP, scenes.CROP)
+        else:
+            back = scenes.clutter(rng, scenes.CROP, scenes.CROP, shapes=int(rng.integers(3, 7)), blur=3.5)
     else:
         pose = scenes.random_pose(rng, yaw=30, pitch=15, roll=8)
         back = scenes.clutter(rng, scenes.CROP, scenes.CROP, shapes=int(rng.integers(4, 10)), blur=float(rng.uniform(0.8, 2.5)))
@@ -281,6 +284,8 @@ def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers:
     if scale not in SCALES:
         raise ValueError(f"unknown demo scale {scale!r}; expected one of {', '.join(SCALES)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"demo output {out} is a file, not a folder")
     existing = [p for p in PARTS if (out / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass overwrite=True (--force) to replace them")

@@ -82,10 +82,10 @@ def random_look(rng: np.random.Generator, style: str) -> Look:
     if style == "synthetic":
         return Look(blur=0.0, noise=0.0, gain=rng.uniform(0.97, 1.03, 3), gamma=1.0, contrast=1.1, jpeg=95)
     if style == "photo":
-        cast = rng.choice([np.array([0.8, 0.95, 1.15]), np.array([1.15, 1.0, 0.85]), np.array([1.0, 1.08, 0.9]), np.ones(3)])
-        return Look(blur=float(rng.uniform(0.3, 1.1)), noise=float(rng.uniform(4, 11)),
-                    gain=cast * rng.uniform(0.92, 1.08, 3), gamma=float(rng.uniform(0.75, 1.35)),
-                    contrast=float(rng.uniform(0.7, 0.95)), jpeg=int(rng.integers(30, 65)))
+        cast = rng.choice([np.array([0.85, 0.95, 1.1]), np.array([1.1, 1.0, 0.88]), np.array([1.0, 1.05, 0.92]), np.ones(3)])
+        return Look(blur=float(rng.uniform(0.2, 0.9)), noise=float(rng.uniform(2.5, 6)),
+                    gain=cast * rng.uniform(0.95, 1.05, 3), gamma=float(rng.uniform(0.8, 1.25)),
+                    contrast=float(rng.uniform(0.75, 0.95)), jpeg=int(rng.integers(35, 70)))
     if style == "wild":
         return Look(blur=float(rng.uniform(0.0, 0.8)), noise=float(rng.uniform(0.5, 4)),
                     gain=rng.uniform(0.9, 1.1, 3), gamma=float(rng.uniform(0.85, 1.15)),
@@ -131,8 +131,8 @@ def random_light(rng: np.random.Generator, style: str) -> Light:
         return Light(direction=float(rng.uniform(0, 2 * math.pi)), strength=float(rng.uniform(0.0, 0.1)),
                      ambient=float(rng.uniform(1.0, 1.1)))
     if style == "photo":
-        return Light(direction=float(rng.uniform(0, 2 * math.pi)), strength=float(rng.uniform(0.25, 0.55)),
-                     ambient=float(rng.uniform(0.7, 1.05)))
+        return Light(direction=float(rng.uniform(0, 2 * math.pi)), strength=float(rng.uniform(0.2, 0.45)),
+                     ambient=float(rng.uniform(0.8, 1.05)))
     return Light(direction=float(rng.uniform(0, 2 * math.pi)), strength=float(rng.uniform(0.1, 0.4)),
                  ambient=float(rng.uniform(0.8, 1.1)))
 
