@@ -69,6 +69,28 @@ def test_astronaut_face_is_found_and_aligned(detector, astronaut):
         assert eye_error.max() < 2.0 * size / 112, eye_error  # 2 px at 112, the same share at 224
 
 
+def test_alignment_is_the_weighted_least_squares_similarity():
+    """cv2's refined estimate equals scikit-image's closed-form Umeyama fit on the weighted points."""
+    from skimage.transform import SimilarityTransform
+
+    from abaw_cli.faces.align import LANDMARK_WEIGHTS, alignment_matrix
+
+    rows = np.repeat(np.arange(5), LANDMARK_WEIGHTS)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        marks = template_points(112) * rng.uniform(0.5, 3) + rng.uniform(0, 300, 2) + rng.normal(0, 3, (5, 2))
+        if hasattr(SimilarityTransform, "from_estimate"):
+            reference = SimilarityTransform.from_estimate(marks[rows], template_points(112)[rows]).params[:2]
+        else:
+            tform = SimilarityTransform()
+            tform.estimate(marks[rows], template_points(112)[rows])
+            reference = tform.params[:2]
+        ours = alignment_matrix(marks, 112)
+        assert np.abs(transform_points(marks, ours) - transform_points(marks, reference)).max() < 1e-3
+    with pytest.raises(ValueError, match="degenerate"):
+        alignment_matrix(np.zeros((5, 2)), 112)
+
+
 def test_template_scales_and_is_symmetric():
     t112, t224 = template_points(112), template_points(224)
     assert np.allclose(t224, 2 * t112)

@@ -15,16 +15,22 @@ At --size 224 every coordinate is doubled (the same framing at twice the resolut
 The fit. A plain least-squares fit over the five points lets the mouth pull on scale and
 rotation, so a smile (wider mouth) or an open jaw would shrink or shift the whole crop and hide
 the very change an expression model has to see. The fit therefore weights the points by how
-little expressions move them (LANDMARK_WEIGHTS: eyes 3, nose 2, mouth corners 1); weighted least
-squares is done by repeating points in scikit-image's Umeyama estimate. On the smiling astronaut
-photo this brings the eye centres from 2.1 to 1.0 px of the template at 112 px.
+little expressions move them (LANDMARK_WEIGHTS: eyes 3, nose 2, mouth corners 1), done by
+repeating points. On the smiling astronaut photo this brings the eye centres from 2.1 to 1.0 px
+of the template at 112 px.
+
+The solver: cv2.estimateAffinePartial2D (a 4-degree-of-freedom similarity) with a RANSAC threshold
+so large that every point is an inlier, so its Levenberg-Marquardt refinement minimises the
+squared error over all (repeated) points: the least-squares similarity. It agrees with
+scikit-image's closed-form Umeyama estimate to 1e-4 px (tests check this) and costs a few tens
+of microseconds instead of hundreds, which matters when a GPU detects a few hundred frames per
+second and alignment runs in the same thread.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 # ArcFace/InsightFace reference points for a 112x112 crop (left eye, right eye, nose, mouth left,
 # mouth right), in the order MTCNN returns them.
@@ -44,6 +50,7 @@ CROP_SIZES = (112, 224)
 # Integer least-squares weights per landmark (eyes, nose, mouth corners): see the module docstring.
 LANDMARK_WEIGHTS = (3, 3, 2, 1, 1)
 _WEIGHTED_ROWS = np.repeat(np.arange(5), LANDMARK_WEIGHTS)
+_ALL_INLIERS_PX = 1e6  # RANSAC threshold that keeps every point: see "The solver" above
 
 TEMPLATE_112 = (ARCFACE_TEMPLATE_112 - 56.0) * FACE_SCALE + 56.0 - np.array([0.0, FACE_LIFT_PX])
 
@@ -57,17 +64,16 @@ def template_points(size: int = 112) -> np.ndarray:
 
 def alignment_matrix(landmarks5: np.ndarray, size: int = 112) -> np.ndarray:
     """The 2x3 similarity matrix mapping frame pixels to crop pixels (weighted least squares)."""
-    src = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)[_WEIGHTED_ROWS]
-    dst = template_points(size)[_WEIGHTED_ROWS]
-    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        tform = SimilarityTransform.from_estimate(src, dst)
-        ok = bool(tform)
-    else:  # older scikit-image
-        tform = SimilarityTransform()
-        ok = tform.estimate(src, dst)
-    if not ok:
-        raise ValueError("landmarks are degenerate (all on one point): no similarity transform")
-    return tform.params[:2].astype(np.float64)
+    src = np.asarray(landmarks5, dtype=np.float32).reshape(5, 2)
+    if not np.isfinite(src).all() or np.ptp(src, axis=0).max() < 1e-3:
+        raise ValueError(f"landmarks are degenerate (non-finite or all on one point): {src.tolist()}")
+    dst = template_points(size).astype(np.float32)
+    matrix, _ = cv2.estimateAffinePartial2D(
+        src[_WEIGHTED_ROWS], dst[_WEIGHTED_ROWS], method=cv2.RANSAC, ransacReprojThreshold=_ALL_INLIERS_PX, refineIters=100
+    )
+    if matrix is None:
+        raise ValueError(f"no similarity transform fits the landmarks {src.tolist()}")
+    return matrix.astype(np.float64)
 
 
 def align_face(image_rgb: np.ndarray, landmarks5: np.ndarray, size: int = 112) -> tuple[np.ndarray, np.ndarray]:

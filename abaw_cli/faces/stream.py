@@ -16,20 +16,29 @@ keeps every face with ids from tracker.FaceTracker. min_face and thresholds belo
 detector; the batch size is the detector's unless `batch` is given.
 
 Where the time goes: decoding runs in the reader's thread and fills a bounded queue while the
-calling thread runs MTCNN on `batch` frames (torch releases the GIL), then aligns (cv2.warpAffine,
-well under a millisecond per face) and tracks. Slow consumer work (JPEG writing, model inference
-on the crops) should be handed to another thread or batched, as crop-faces does, so that
-detection stays the only thing the main thread waits on.
+calling thread runs MTCNN on up to `batch` frames (torch releases the GIL; a batch is whatever is
+decoded, so the detector never waits for a full one), then aligns (tens of microseconds per face)
+and tracks. Slow consumer work (JPEG writing, model inference on the crops) should be handed to
+another thread or batched, as crop-faces does, so that detection stays the only thing the main
+thread waits on. On a CPU, wrap the loop in `reserve_core_for_io(detector.device)`: torch then
+leaves one core to decoding and writing (its parallel sections stall when one of their threads
+shares a core), and a reader opened here decodes with one thread for the same reason.
+
+    with reserve_core_for_io(detector.device):
+        for ff in iter_frame_faces(...): ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
+import torch
 
 from abaw_cli.faces.align import align_face
 from abaw_cli.faces.detector import Detections, FaceDetector
@@ -61,6 +70,27 @@ class FrameFaces:
     faces: list[Face] = field(default_factory=list)  # largest first with faces="largest"
     path: Path | None = None  # video file or image file
     image: np.ndarray | None = None  # the whole RGB frame
+
+
+@contextlib.contextmanager
+def reserve_core_for_io(device: torch.device):
+    """On a CPU device, run torch on all cores but one inside the block (restored afterwards)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def decoder_threads_for(device: torch.device) -> int:
+    """Video decoder threads next to a detector on `device`: 1 on a CPU (the cores belong to the
+    detector), the decoder's own choice (0) next to a GPU, where decoding can be the slower side."""
+    return 1 if device.type == "cpu" else 0
 
 
 def select_faces(dets: Detections, mode: FacesMode, tracker: FaceTracker | None) -> list[tuple[int, int]]:
@@ -98,7 +128,11 @@ def iter_frame_faces(
     if batch < 1:
         raise ValueError(f"--batch must be positive (got {batch})")
     owned = isinstance(source, Source)
-    reader = open_source(source, fps=fps, queue_size=max(2 * batch, 8)) if owned else source
+    reader = (
+        open_source(source, fps=fps, queue_size=max(2 * batch, 8), decoder_threads=decoder_threads_for(detector.device))
+        if owned
+        else source
+    )
     tracker = FaceTracker() if faces == "all" else None
     if detect_every < 1:
         raise ValueError(f"--detect-every must be at least 1 (got {detect_every})")
@@ -106,16 +140,10 @@ def iter_frame_faces(
     # With K > 1, gather K times more frames so that the detector still sees `batch` frames a call.
     group = batch if follower is None else min(batch * detect_every, max(batch, 64))
     try:
-        pending: list[Frame] = []
-        seen = 0
-        for frame in reader:
-            pending.append(frame)
-            if len(pending) >= group:
-                yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
-                seen += len(pending)
-                pending = []
-        if pending:
-            yield from _detect_and_align(pending, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
+        seen = 0  # reader position of the first frame of each group (detect_every counts from it)
+        for frames in reader.batches(group):  # up to `group` frames, without waiting for a full one
+            yield from _detect_and_align(frames, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
+            seen += len(frames)
     finally:
         if owned:
             reader.close()

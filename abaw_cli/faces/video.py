@@ -4,6 +4,7 @@
         reader.expected_frames                      # frames it will yield (videos: from the header)
         for frame in reader:                        # Frame(index, time_s, rgb, path)
             ...
+        # or: for frames in reader.batches(8): ...  # lists of up to 8 frames, no waiting for 8
 
 - VideoReader: every frame by default; with `fps` only frames at that rate are decoded into
   pixels (the others are just demuxed with `grab`). `index` is the frame's index in the video and
@@ -85,17 +86,39 @@ class _BackgroundReader:
         finally:
             self._release()
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"decode-{type(self).__name__}", daemon=True)
             self._thread.start()
-        while True:
+
+    def __iter__(self) -> Iterator[Frame]:
+        for batch in self.batches(1):
+            yield batch[0]
+
+    def batches(self, max_frames: int) -> Iterator[list[Frame]]:
+        """Frames in lists of 1..max_frames: waits for one frame, then takes whatever else is
+        already decoded. The detector never idles waiting for a full batch (at the start of a
+        video, or when decoding is the slower side), and batches are full whenever it is not."""
+        self._start()
+        done = False
+        while not done:
+            batch: list[Frame] = []
             item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            while True:
+                if item is _END:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= max_frames:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                yield batch
 
     def close(self) -> None:
         self._stop.set()
@@ -114,12 +137,17 @@ class _BackgroundReader:
 class VideoReader(_BackgroundReader):
     """Frames of one video file; see the module docstring."""
 
-    def __init__(self, path: str | Path, fps: float | None = None, queue_size: int = 16) -> None:
+    def __init__(
+        self, path: str | Path, fps: float | None = None, queue_size: int = 16, decoder_threads: int = 0
+    ) -> None:
         super().__init__(queue_size)
         self.path = Path(path)
         if fps is not None and not (fps > 0 and math.isfinite(fps)):
             raise ValueError(f"--fps must be a positive number (got {fps})")
-        self._cap = cv2.VideoCapture(str(self.path))
+        # decoder_threads: 0 = the decoder's own choice (all cores); 1 leaves the other cores to
+        # a CPU detector, whose parallel sections stall when one of their threads loses its core.
+        params = [cv2.CAP_PROP_N_THREADS, int(decoder_threads)] if decoder_threads > 0 else []
+        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY, params)
         if not self._cap.isOpened():
             self._cap.release()
             raise SourceError(f"{self.path}: cannot be opened as a video (unsupported or corrupt)")
@@ -222,9 +250,10 @@ class ImageSequenceReader(_BackgroundReader):
 FrameReader = VideoReader | ImageSequenceReader
 
 
-def open_source(source: Source, fps: float | None = None, queue_size: int = 16) -> FrameReader:
-    """A started-on-iteration background reader for `source` (raises SourceError if unreadable)."""
+def open_source(source: Source, fps: float | None = None, queue_size: int = 16, decoder_threads: int = 0) -> FrameReader:
+    """A started-on-iteration background reader for `source` (raises SourceError if unreadable).
+    decoder_threads: see VideoReader (image files are decoded by one thread anyway)."""
     if source.kind == "video":
-        return VideoReader(source.path, fps=fps, queue_size=queue_size)
+        return VideoReader(source.path, fps=fps, queue_size=queue_size, decoder_threads=decoder_threads)
     return ImageSequenceReader(source.images, queue_size=queue_size, name=source.name)
 

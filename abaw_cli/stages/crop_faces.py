@@ -40,7 +40,7 @@ from abaw_cli.faces.align import CROP_SIZES
 from abaw_cli.faces.detector import FaceDetector, default_batch
 from abaw_cli.faces.manifest import crop_folder, crop_relpath, face_row, read_rows, write_rows
 from abaw_cli.faces.sources import Skipped, Source, expand_inputs
-from abaw_cli.faces.stream import FACES_MODES, iter_frame_faces
+from abaw_cli.faces.stream import FACES_MODES, decoder_threads_for, iter_frame_faces, reserve_core_for_io
 from abaw_cli.faces.video import ImageSequenceReader, SourceError, VideoReader, open_source
 from abaw_cli.options import BatchOption, DeviceOption, OutDirOption
 from abaw_cli.progress import console, make_progress
@@ -311,11 +311,13 @@ def crop_faces(
     writer = CropWriter()
     progress = make_progress()
     try:
-        with progress if show_progress else contextlib.nullcontext():
+        with progress if show_progress else contextlib.nullcontext(), reserve_core_for_io(torch_device):
             overall = progress.add_task("all sources", total=len(todo)) if show_progress else None
             for source in todo:
                 try:
-                    reader = open_source(source, fps=settings.fps, queue_size=queue_size)
+                    reader = open_source(
+                        source, fps=settings.fps, queue_size=queue_size, decoder_threads=decoder_threads_for(torch_device)
+                    )
                     if detector is None:
                         detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch)
                         log.info("detecting with %s", detector)
