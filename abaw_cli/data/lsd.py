@@ -27,12 +27,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from abaw_cli.data.formats import IMAGE_EXTENSIONS
 from abaw_cli.labels import LSD_CLASSES, NUM_LSD_CLASSES
 
 log = logging.getLogger(__name__)
 
 BALANCE_CHOICES = ("sampler", "weights", "none")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the one list of image file types (data.formats)
 # Masked CoTEX's train-time resize before the random crop: 228 for a 224 input.
 TRAIN_RESIZE_RATIO = 228 / 224
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -420,7 +421,8 @@ def cotrain(out: Path, preset: str = "cpu-small", resume: bool = False, override
              root, len(train), len(val), cfg.loss.balance, cfg.model.mask_rate, cfg.loss.lambda_js)
     task = CotrainTask(cfg, train, val, unlabeled)
     history = Engine(cfg.optim, task, out, resume=resume, run_config=cfg).fit()
-    write_metrics(out, history)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes (the group is gone by now)
+        write_metrics(out, history)
     return out / "best.pt", history
 
 
