@@ -21,8 +21,10 @@ engine's log, and the model's own forward+backward+step rate on data already on 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -100,6 +102,25 @@ def run_arm(arm: str, seed: int, data: Path, encoder: Path, work: Path, args) ->
            **{k: best[k] for k in REPORTED}, "ccc_valence": best["ccc_valence"], "ccc_arousal": best["ccc_arousal"]}
     console.print(f"  {arm} seed {seed}: P_MTL {row['p_mtl']:.4f} (0.5: {row['p_mtl_at_0.5']:.4f})  {seconds:.0f} s")
     return row
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def run_all(arms: list[str], seeds: list[int], data: Path, encoder: Path | None, work: Path, args) -> list[dict]:
+    """Every (arm, seed) run; with --jobs > 1 in that many processes, the cores split between them
+    (small models use two single-threaded processes better than one two-threaded one)."""
+    plan = [(arm, seed) for seed in seeds for arm in arms]
+    if args.jobs <= 1:
+        return [run_arm(arm, seed, data, encoder, work, args) for arm, seed in plan]
+    threads = max(1, args.threads // args.jobs)
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(run_arm, arm, seed, data, encoder, work, args) for arm, seed in plan]
+        return [f.result() for f in futures]
 
 
 def summarise(rows: list[dict], arms: list[str]) -> dict:
@@ -190,13 +211,15 @@ def main() -> None:
     parser.add_argument("--mae-epochs", type=int, default=None, help="pretrain-mae epochs (default: the cpu-small preset's)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("ABAW_BENCH_CACHE", Path.home() / ".cache" / "abaw-bench")))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ablation_mtl.json")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all (split between jobs)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the CPU ablation (e.g. on a GPU machine)")
     parser.add_argument("--cuda-steps", type=int, default=8, help="optimiser steps of the paper-preset CUDA run")
     parser.add_argument("--cuda-prior", default="fer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if not torch.cuda.is_available():
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(max(1, args.threads))
 
     t_start = time.perf_counter()
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
@@ -208,7 +231,7 @@ def main() -> None:
             needs_mae = any(ARMS[a]["init"] == "mae" for a in args.arms)
             encoder, mae_seconds = cached_encoder(args.cache, demo, args.scale, args.mae_epochs) if needs_mae else (None, None)
             results["mae_pretrain_seconds"] = mae_seconds
-            rows = [run_arm(arm, seed, data, encoder, work, args) for seed in args.seeds for arm in args.arms]
+            rows = run_all(args.arms, args.seeds, data, encoder, work, args)
             summary = summarise(rows, args.arms)
             results["runs"], results["summary"] = rows, summary
             print_table(summary, f"EMMA ablation, demo {args.scale}, cpu-small, {args.epochs} epochs, seeds {args.seeds} (validation, mean ± std)")
