@@ -143,7 +143,10 @@ def pick_manifest(root: Path, name: str) -> str:
 def _has_architecture_meta(source: Path) -> bool:
     """True for files that record their ViT architecture (our encoder.pt / MAE checkpoints);
     public MAE files hold only tensors. mmap: the weights are not read."""
-    obj = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) torch file cannot be memory-mapped
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     meta = obj.get("meta") if isinstance(obj, dict) else None
     return isinstance(obj, dict) and (obj.get("format") == "abaw-checkpoint" or (isinstance(meta, dict) and "embed_dim" in meta))
 
