@@ -43,7 +43,7 @@ def _spread(items: list, k: int) -> list:
 def _mid_of_runs(annotations: dict[str, MTLAnnotations], e: int, img_root: Path) -> list[Path]:
     """Up to PER_ROW frames labelled `e`: the middle frame of each labelled run (the expression at
     its apex, not mid-change), one run per clip first so the row shows different people."""
-    runs: list[tuple[int, str, int]] = []  # (round, clip, frame index)
+    runs: list[tuple[int, str]] = []  # (how many runs of this clip came before, middle image)
     for ann in annotations.values():
         lab = ann.expression == e
         seen: dict[str, int] = {}
@@ -56,7 +56,7 @@ def _mid_of_runs(annotations: dict[str, MTLAnnotations], e: int, img_root: Path)
             clip = ann.images[i].split("/")[0]
             while j < len(lab) and lab[j] and ann.images[j].split("/")[0] == clip:
                 j += 1
-            runs.append((seen.get(clip, 0), ann.images[(i + j) // 2], 0))
+            runs.append((seen.get(clip, 0), ann.images[(i + j) // 2]))
             seen[clip] = seen.get(clip, 0) + 1
             i = j
     runs.sort(key=lambda r: r[0])

@@ -399,7 +399,7 @@ class FacePainter:
         self.line(low_px, self.shade(0.62 - 0.15 * self.au.au(7)), 0.012)
         if self.au.au(6) > 0.15:  # crow's feet at the outer corner
             st = self.au.au(6)
-            corner = upper[-1] if sgn > 0 else upper[-1]
+            corner = upper[-1]  # the outer corner (eye points run inner -> outer)
             for ang in (-0.5, 0.0, 0.5):
                 d = np.array([math.cos(ang) * sgn, math.sin(ang)]) * 0.09 * st
                 seg = np.array([corner + np.array([sgn * 0.04, 0]), corner + np.array([sgn * 0.04, 0]) + d])

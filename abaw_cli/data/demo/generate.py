@@ -15,13 +15,14 @@ end, so an interrupted run never leaves a half-made set under the final names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,7 +160,18 @@ def _run_job(job: dict) -> tuple[str, int]:
 
 
 def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would only contend
+
+
+@contextlib.contextmanager
+def _single_threaded_cv2() -> Iterator[None]:
+    """Render in this process like a worker does, then give OpenCV its thread count back."""
+    before = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,9 +243,9 @@ def _run_jobs(jobs: list[dict], workers: int, on_done: Callable[[str, int], None
     # Biggest first, so two workers finish together.
     jobs = sorted(jobs, key=lambda j: -j["size"] * (6 if j["kind"] == "video" else 1))
     if workers <= 1:
-        _worker_init()
-        for job in jobs:
-            on_done(*_run_job(job))
+        with _single_threaded_cv2():
+            for job in jobs:
+                on_done(*_run_job(job))
         return
     # fork: workers need no re-import of the caller's main module (no __main__ guard needed),
     # and they only run numpy/OpenCV code, never torch, so torch threads in the parent are harmless.
@@ -273,8 +285,8 @@ def plan_demo(stage: Path | str, scale: str = "small", seed: int = 0) -> DemoPla
 
 def run_job(job: dict) -> int:
     """Draw one job's files (an MTL clip, a batch of stills or a video); returns the item count."""
-    _worker_init()
-    return _run_job(job)[1]
+    with _single_threaded_cv2():
+        return _run_job(job)[1]
 
 
 def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers: int | None = None,
