@@ -319,3 +319,53 @@ def test_predict_is_registered_with_examples():
 
     result = runner.invoke(app, ["predict", "--help"], terminal_width=200)
     assert result.exit_code == 0 and "Examples" in result.output and "--detect-every" in result.output
+
+
+def test_detect_every_runs_the_detector_on_every_kth_frame_and_follows_between(tmp_path):
+    from skimage import data
+
+    from abaw_cli.faces.detector import FaceDetector
+    from abaw_cli.faces.sources import expand_inputs
+    from abaw_cli.faces.stream import iter_frame_faces
+
+    face = cv2.cvtColor(cv2.resize(data.astronaut()[:260, 120:380], (200, 200)), cv2.COLOR_RGB2BGR)
+    video = tmp_path / "moving.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (300, 230))
+    for t in range(7):
+        frame = np.full((230, 300, 3), 110, np.uint8)
+        frame[15:215, 20 + 3 * t : 220 + 3 * t] = face
+        writer.write(frame)
+    writer.release()
+    detector = FaceDetector(device="cpu", min_face=40)
+    detected_frames = []
+    real_detect = detector.detect
+    detector.detect = lambda frames: (detected_frames.extend([len(frames)]), real_detect(frames))[1]
+    source = expand_inputs([video])[0][0]
+    out = list(iter_frame_faces(source, detector, faces="largest", detect_every=3, keep_image=False))
+    assert [ff.frame for ff in out] == list(range(7))
+    assert sum(detected_frames) == 3  # frames 0, 3 and 6
+    assert all(len(ff.faces) == 1 for ff in out)
+    x1 = np.array([ff.faces[0].box[0] for ff in out])
+    assert np.all(np.diff(x1) > 0.5)  # the followed box moves right with the face (3 px a frame)
+
+
+def test_output_paths_follow_one_rule_for_files_and_folders(tmp_path, demo_root):
+    from abaw_cli.faces.sources import expand_inputs
+    from abaw_cli.predict.lists import load_image_set
+    from abaw_cli.predict.plan import PlanError, SetJob, plan_outputs
+
+    video = sorted((demo_root / "videos").glob("*.mp4"))[0]
+    source = expand_inputs([video])[0][0]
+    image_set = load_image_set(demo_root / "mtl" / "validation_set_annotations.txt")
+    planned = plan_outputs([source, image_set], tmp_path / "preds", tmp_path / "ov", None, None)
+    assert planned[0].outputs.table == tmp_path / "preds" / f"{source.name}.csv"
+    assert planned[0].outputs.overlay == tmp_path / "ov" / f"{source.name}.mp4"
+    assert isinstance(planned[1], SetJob) and planned[1].out == tmp_path / "preds" / "validation_set_annotations.submission.txt"
+    assert plan_outputs([source], tmp_path / "one.csv", None, tmp_path / "t.png", None)[0].outputs.plot == tmp_path / "t.png"
+    for bad in (
+        lambda: plan_outputs([source, image_set], tmp_path / "one.csv", None, None, None),  # a file for two inputs
+        lambda: plan_outputs([image_set], tmp_path / "x.txt", tmp_path / "o.mp4", None, None),  # overlay without video
+        lambda: plan_outputs([source], tmp_path / "x.txt", None, None, None),  # a table is not .txt
+    ):
+        with pytest.raises(PlanError):
+            bad()

@@ -68,14 +68,20 @@ class SourceSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+# Frames held while a model batch fills: with --overlay each holds its whole image, so a large GPU
+# batch of faces must not mean as many full frames in memory.
+MAX_FRAMES_PER_CHUNK = 64
+
+
 def _model_batches(stream: Iterator[FrameFaces], batch: int) -> Iterator[list[FrameFaces]]:
-    """Consecutive frames whose faces fill one model batch (or `batch` frames, faces or not)."""
+    """Consecutive frames whose faces fill one model batch (or at most min(batch, 64) frames)."""
+    max_frames = min(batch, MAX_FRAMES_PER_CHUNK)
     chunk: list[FrameFaces] = []
     n_faces = 0
     for ff in stream:
         chunk.append(ff)
         n_faces += len(ff.faces)
-        if n_faces >= batch or len(chunk) >= batch:
+        if n_faces >= batch or len(chunk) >= max_frames:
             yield chunk
             chunk, n_faces = [], 0
     if chunk:

@@ -88,6 +88,8 @@ def plan_outputs(
             raise PlanError(f"{flag} must be a {suffix} file or a folder (got {path})")
     if overlay is not None and not videos:
         raise PlanError("--overlay draws on videos, and no input is a video")
+    if plot is not None and not sources:
+        raise PlanError("--plot draws the timeline of videos or images, and the inputs are only ABAW lists")
 
     planned: list[SetJob | SourceJob] = []
     for job in jobs:
