@@ -136,7 +136,8 @@ def frame_rows(source: str, prediction: FramePrediction, space: OutputSpace, ima
         probs = v[space.class_slice]
         k = int(np.argmax(probs))
         if space.kind == "mtl":
-            row["valence"], row["arousal"] = float(v[0]), float(v[1])
+            # EMMA's VA head is linear (as the paper's); the table reports the ABAW range.
+            row["valence"], row["arousal"] = (float(np.clip(x, -1.0, 1.0)) for x in v[:2])
             row["expression"] = space.classes[k]
             row.update({f"p_{name}": float(p) for name, p in zip(space.classes, probs)})
             row.update({f"p_{name}": float(p) for name, p in zip(space.aus, v[space.au_slice])})
