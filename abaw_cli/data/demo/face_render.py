@@ -431,7 +431,9 @@ class FacePainter:
         idn, a = self.id, self.au
         au10, au12, au15, au20 = a.au(10), a.au(12), a.au(15), a.au(20)
         au23, au24, au25, au26 = a.au(23), a.au(24), a.au(25), a.au(26)
-        mw = idn.mouth_w * (1 + 0.25 * au12 - 0.25 * au23 - 0.12 * au24 + 0.28 * au20 - 0.04 * au15)
+        # A dropped jaw without a smile pulls the lips into an 'O': narrower, rounder.
+        oh = au26 * (1 - au12) * (1 - au20)
+        mw = idn.mouth_w * (1 + 0.25 * au12 - 0.25 * au23 - 0.12 * au24 + 0.28 * au20 - 0.04 * au15 - 0.22 * oh)
         dy = -0.12 * au12 + 0.1 * au15 + 0.03 * au20
         my = idn.mouth_y
         open_ = au25 > 0.12 or au26 > 0.12
@@ -441,7 +443,7 @@ class FacePainter:
         tl = idn.lip_low * max(0.12, 1 - 0.7 * au23 - 0.8 * au24 - 0.3 * au20) * (1 - 0.2 * au12)
         xs = np.linspace(-mw, mw, 21)
         u = xs / mw
-        prof = np.clip(1 - u * u, 0, 1) ** 0.6
+        prof = np.clip(1 - u * u, 0, 1) ** (0.6 - 0.25 * oh)
         yb = my + dy * u * u
         yui = yb - (gap * 0.3 + up_raise) * prof ** 0.8
         yli = yb + gap * 0.7 * prof
@@ -480,11 +482,11 @@ class FacePainter:
                 roi = self.img[y0:y1, x0:x1]
                 mouth = roi.copy()
                 self.poly(interior - off, (35, 30, 70), mouth)
-                teeth_h = 0.07
+                teeth_h = 0.07 * (1 - 0.6 * oh)  # stretched lips cover the teeth of an 'O' mouth
                 sel = np.abs(xs) < 0.8 * mw
                 top_teeth = np.vstack([P(yui - 0.01)[sel], P(yui + teeth_h)[sel][::-1]])
                 self.poly(top_teeth - off, (205, 222, 232), mouth)
-                if gap > 0.12 or (au20 > 0.3 and gap > 0.04):
+                if (gap > 0.12 and oh < 0.4) or (au20 > 0.3 and gap > 0.04):
                     sel2 = np.abs(xs) < 0.6 * mw
                     self.poly(np.vstack([P(yli - 0.04)[sel2], P(yli + 0.01)[sel2][::-1]]) - off, (190, 205, 215), mouth)
                 if au26 > 0.4:
