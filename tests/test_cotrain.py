@@ -13,7 +13,7 @@ from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights
 from abaw_cli.data.manifest import DatasetError
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.models.registry import load_model
-from abaw_cli.stages.cotrain import cotrain, pseudo_label_loss, resolve_config
+from abaw_cli.stages.cotrain import CotrainTask, cotrain, load_lsd, pseudo_label_loss, resolve_config
 from abaw_cli.train.engine import read_log
 
 
@@ -88,6 +88,24 @@ def test_unlabelled_folder_must_not_hold_validation_images(demo_root, tmp_path):
     overrides = {"data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "lsd" / "validation_set_real_images"), "optim.device": "cpu"}
     with pytest.raises(DatasetError, match="validation"):
         cotrain(tmp_path / "leak", "test-tiny", overrides=overrides)
+
+
+def test_views_start_from_the_same_weights(demo_root, tmp_path):
+    cfg = resolve_config("test-tiny", tmp_path, False, {"data.root": str(demo_root / "lsd")})
+    train, val = load_lsd(demo_root / "lsd", "auto")
+    model = CotrainTask(cfg, train, val).build_model()
+    first, second = model.views[0].state_dict(), model.views[1].state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)  # --init none: one random init for both
+    # From an encoder file, both views hold its weights.
+    from abaw_cli.models.vit import create_vit
+    from abaw_cli.train.checkpoint import save_atomic
+
+    encoder = create_vit("micro", 32, 8)
+    cfg.init = str(save_atomic({"model": encoder.state_dict(), "meta": {}}, tmp_path / "encoder.pt"))
+    model = CotrainTask(cfg, train, val).build_model()
+    for view in model.views:
+        assert torch.equal(view.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+        assert view.head.weight.abs().max() < 1e-3  # MAE fine-tuning's near-zero head
 
 
 def test_pseudo_labels_need_agreement_and_confidence():

@@ -10,6 +10,10 @@ Run folder:
     confusion_matrix.png   the pair's validation confusion matrix at the best epoch
     val_curves.png         macro-F1 of view 1, view 2 and the pair per epoch; loss_curve.png
 
+Initialisation: with --init both views load the same encoder file (ours or a public MAE one) and
+get a near-zero head (MAE fine-tuning); with --init none both start from the SAME random weights,
+so in either case only their token drops tell the views apart at the start.
+
 Loss per batch of B labelled synthetic faces (x, y), logits l_v of view v (its own token drop):
     L = mean_v CE(l_v, y) + lambda_js * JS(softmax l_1, ..., softmax l_V)
 with JS the generalised Jensen-Shannon divergence (mean_v KL(p_v || mean p)); CE carries class
@@ -252,6 +256,11 @@ class CotrainTask(Task):
                 load_encoder_weights(view, self.cfg.init)
                 # MAE fine-tuning: a near-zero head, so both views start from the same encoder answer.
                 trunc_normal_(view.head.weight, std=2e-5)
+        else:
+            # Views start from the SAME weights, as they do from one encoder: only their token drops
+            # tell them apart, and the JS term (x100) does not have to fight two unrelated inits.
+            for view in model.views[1:]:
+                view.load_state_dict(model.views[0].state_dict())
         return model
 
     def model_config(self) -> dict:
