@@ -214,6 +214,7 @@ def test_photo_with_two_faces_gives_two_tracked_rows(tmp_path, tiny_mtl_model):
     table = read_prediction_table(tmp_path / "t.csv")
     assert list(table["face"]) == [1, 1] and sorted(table["track"]) == [0, 1]
     assert all(Path(p).name == "two.png" for p in table["image"])
+    assert np.isnan(table["time_s"]).all()  # a photo has no timestamp
 
 
 def test_parquet_needs_pyarrow_or_round_trips(tmp_path, demo_video, tiny_mtl_model):

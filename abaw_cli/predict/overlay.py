@@ -63,7 +63,8 @@ def draw_frame(frame_rgb: np.ndarray, prediction: FramePrediction, space: Output
     h, w = img.shape[:2]
     scale = max(0.35, min(h, w) / 720)
     thick = 1 if scale < 0.6 else 2
-    _text(img, f"#{prediction.frame} {prediction.time_s:6.2f}s", (6, int(20 * scale / 0.5)), scale, (255, 255, 255))
+    clock = f" {prediction.time_s:6.2f}s" if prediction.time_s is not None else ""
+    _text(img, f"#{prediction.frame}{clock}", (6, int(20 * scale / 0.5)), scale, (255, 255, 255))
     if not prediction.faces:
         _text(img, "no face", (6, int(44 * scale / 0.5)), scale, (120, 120, 255))
         return img

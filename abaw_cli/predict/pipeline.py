@@ -97,9 +97,7 @@ def _predict_chunk(chunk: list[FrameFaces], predictor: FacePredictor) -> list[Fr
         for face in ff.faces:
             faces.append(FacePrediction(face.track, np.asarray(face.box, np.float32), float(face.score), values[k]))
             k += 1
-        # Image sources have no clock: their "time" is the position in the list.
-        time_s = ff.time_s if ff.time_s is not None else float(ff.frame)
-        out.append(FramePrediction(ff.frame, time_s, tuple(faces), ff.image))
+        out.append(FramePrediction(ff.frame, ff.time_s, tuple(faces), ff.image))
     return out
 
 

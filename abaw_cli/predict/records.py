@@ -25,7 +25,7 @@ class FacePrediction:
 @dataclass(frozen=True)
 class FramePrediction:
     frame: int  # index in the source (0-based)
-    time_s: float
+    time_s: float | None  # None for image files: a folder of photos has no clock
     faces: tuple[FacePrediction, ...] = ()
     # The decoded RGB frame, kept only while an overlay still has to draw it.
     image: np.ndarray | None = field(default=None, compare=False, repr=False)

@@ -25,7 +25,8 @@ class TimelineRecorder:
 
     def add(self, prediction: FramePrediction) -> None:
         pos = len(self._times)
-        self._times.append(prediction.time_s)
+        # Images have no clock: their position in the list stands in for the time.
+        self._times.append(prediction.time_s if prediction.time_s is not None else float(prediction.frame))
         for face in prediction.faces:
             # Per-frame scalars only: the VA pair and the class probabilities.
             keep = np.concatenate([face.values[:2] if self.space.has_va else np.zeros(0, np.float32), face.values[self.space.class_slice]])
