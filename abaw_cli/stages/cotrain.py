@@ -449,7 +449,9 @@ EXAMPLES = """
 
   abaw cotrain --out runs/cotex --resume            (continue exactly where it stopped)
 
-  abaw predict --model runs/cotex/best.pt --lsd ABAW4/LSD/LSD_Challenge_test_set_release.txt   (6-class predictions)
+  abaw predict ABAW4/LSD/validation_set_real_images --model runs/cotex/best.pt --out lsd_submission.txt   (6 classes)
+
+The preset batch is scaled by 1/(1 - mask rate) as in the paper; an explicit --batch is used as given.
 """
 
 
@@ -508,6 +510,8 @@ def register(app: typer.Typer) -> None:
         except NonFiniteLossError as exc:
             console.print(f"[red]stopped:[/red] {exc}")
             raise typer.Exit(code=1) from exc
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         row = best_epoch(history)
         if row:
             views = "  ".join(f"view {v}: {row[f'val_f1_view{v}']:.3f}" for v in (1, 2) if f"val_f1_view{v}" in row)
