@@ -404,6 +404,12 @@ def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, An
         cfg = load_config(CotrainConfig, STAGE, preset, overrides)
     check_config(cfg)
     scale_batch_for_mask(cfg)
+    if cfg.init == INIT_NONE and cfg.model.num_views > 1 and cfg.model.mask_rate > 0 and cfg.loss.lambda_js > 10:
+        log.warning(
+            "--init none with lambda_js %g: Masked CoTEX is meant to start from an MAE encoder (--init); from random "
+            "weights the JS term can hold both views at the uniform answer (seen on the demo set at 100; 10 learned)",
+            cfg.loss.lambda_js,
+        )
     if cfg.init == INIT_NONE and cfg.optim.layer_decay < 1.0:
         # Layer-wise decay keeps pretrained lower layers near their weights; random ones must learn.
         log.info("--init none: layer-wise lr decay %.2f -> 1.0 (nothing pretrained to preserve)", cfg.optim.layer_decay)
