@@ -159,10 +159,6 @@ def _run_job(job: dict) -> tuple[str, int]:
     return job["part"], fn(job)
 
 
-def _worker_init() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would only contend
-
-
 @contextlib.contextmanager
 def _single_threaded_cv2() -> Iterator[None]:
     """Render in this process like a worker does, then give OpenCV its thread count back."""
@@ -249,8 +245,10 @@ def _run_jobs(jobs: list[dict], workers: int, on_done: Callable[[str, int], None
         return
     # fork: workers need no re-import of the caller's main module (no __main__ guard needed),
     # and they only run numpy/OpenCV code, never torch, so torch threads in the parent are harmless.
+    # No cv2.setNumThreads() in the forked workers: after the parent has used OpenCV from several
+    # threads (crop-faces, predict, a test session), that call deadlocks in the child.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
+    with ctx.Pool(workers) as pool:
         for part, n in pool.imap_unordered(_run_job, jobs):
             on_done(part, n)
 
