@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["emma", "random-init", "no-prior"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--scale", default="small", choices=["tiny", "small", "medium"])
-    parser.add_argument("--epochs", type=int, default=3, help="train-mtl epochs per run (cpu-small preset otherwise)")
+    parser.add_argument("--epochs", type=int, default=2, help="train-mtl epochs per run (the cpu-small preset has 3)")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--mae-epochs", type=int, default=None, help="pretrain-mae epochs (default: the cpu-small preset's)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("ABAW_BENCH_CACHE", Path.home() / ".cache" / "abaw-bench")))
