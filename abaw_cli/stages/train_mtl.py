@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -388,6 +389,8 @@ def train_mtl(out: Path, preset: str = "cpu-small", resume: bool = False, overri
              int(train.has_va.sum()), int(train.has_expression.sum()), int(train.has_aus.sum()), len(val))
     task = MTLTask(cfg, train, val, preset)
     Engine(cfg.optim, task, out, resume=resume, run_config=cfg).fit()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes (the group is gone by now)
+        return out / CHECKPOINT_BEST, {}
     return out / CHECKPOINT_BEST, write_metrics(out)
 
 
