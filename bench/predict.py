@@ -109,6 +109,13 @@ def paper_checkpoint(path: Path) -> Path:
     return path
 
 
+def _video_frames(video: Path) -> int:
+    cap = cv2.VideoCapture(str(video))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    return n
+
+
 def looped_video(video: Path, loops: int, out: Path) -> Path:
     """`video` concatenated `loops` times (same size and rate), written with OpenCV."""
     if out.is_file():
@@ -271,6 +278,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="faces per model batch on the CPU (GPU: 128)")
     parser.add_argument("--min-face", type=int, default=20)
     parser.add_argument("--loops", type=int, default=10)
+    parser.add_argument("--memory-video", help="video for the RSS check (default: --video)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cuda-only", action="store_true", help="only the CUDA section")
     parser.add_argument("--skip-memory", action="store_true")
@@ -299,8 +307,9 @@ def main() -> None:
             results["agreement"] = agreement(work / "k1.csv", work / "k5.csv", truth)
         if not args.skip_memory:
             print(f"== peak RSS: video vs looped x{args.loops}", flush=True)
-            looped = looped_video(video, args.loops, RUNS / f"{video.stem}_x{args.loops}.mp4")
-            one = peak_rss_mb(video, model, "cpu", work, args.min_face)
+            mem_video = Path(args.memory_video) if args.memory_video else video
+            looped = looped_video(mem_video, args.loops, RUNS / f"{mem_video.stem}_{_video_frames(mem_video)}f_x{args.loops}.mp4")
+            one = peak_rss_mb(mem_video, model, "cpu", work, args.min_face)
             many = peak_rss_mb(looped, model, "cpu", work, args.min_face)
             results["memory"] = {"video": one, "looped": many, "loops": args.loops,
                                  "ratio": many["peak_rss_mb"] / one["peak_rss_mb"]}

@@ -21,7 +21,7 @@ import numpy as np
 
 from abaw_cli.faces.detector import FaceDetector
 from abaw_cli.faces.sources import Source
-from abaw_cli.faces.stream import FrameFaces, iter_frame_faces
+from abaw_cli.faces.stream import FrameFaces, decoder_threads_for, iter_frame_faces
 from abaw_cli.faces.video import FALLBACK_FPS, open_source
 from abaw_cli.predict.batching import FacePredictor
 from abaw_cli.predict.overlay import OverlayWriter, draw_frame
@@ -112,7 +112,8 @@ def predict_source(
     """Predict every frame of one video (or image sequence) and write its outputs."""
     space = predictor.space
     summary = SourceSummary(source.name)
-    reader = open_source(source, queue_size=max(2 * detector.batch, 16))
+    # One decoder thread next to a CPU detector (faces.stream.decoder_threads_for): the cores are its.
+    reader = open_source(source, queue_size=max(2 * detector.batch, 16), decoder_threads=decoder_threads_for(detector.device))
     is_video = source.kind == "video"
     fps = reader.native_fps or FALLBACK_FPS
     smoother = CentredSmoother(window_frames(options.smooth_s, fps))
