@@ -10,6 +10,7 @@ A stage describes its training as a `Task`; `Engine(cfg, task, run_dir).fit()` d
         def train_dataset(self) -> Dataset  # map-style; items are collated by `collate_fn()` (default torch's)
         def train_sampler_weights(self)     # optional: one weight per item for class-balanced draws
         def training_step(self, model, batch, device) -> (loss, {"name": float, ...})
+            # `self.epoch` holds the current epoch (set by the engine, also after a resume).
             # `batch` is already on `device`; `model` may be DDP-wrapped: call model(...) for the
             # forward, use engine.unwrap(model) for attributes. Runs under bf16 autocast on CUDA.
         def param_groups(self, model, cfg)  # optional; default: default_param_groups (below)
@@ -121,6 +122,7 @@ class Task(ABC):
     kind: str = "mae"
     selection_metric: str | None = None
     find_unused_parameters: bool = False  # passed to DDP
+    epoch: int = 0  # set by the engine when an epoch starts, for schedules inside training_step
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -383,6 +385,7 @@ class Engine:
                 bar = progress.add_task(task.kind, total=total_steps, completed=global_step, loss="-", lr="-", ips="-") if main else None
                 while epoch < cfg.epochs and global_step < total_steps:
                     sampler.set_epoch(epoch, start_batch=step_in_epoch * accum)
+                    task.epoch = epoch
                     train_model.train()
                     batches = iter(loader)
                     epoch_losses, resumed_losses = resumed_losses, []
