@@ -71,17 +71,19 @@ def test_best_checkpoint_predicts_six_classes_alone(tiny_run, demo_root):
     assert torch.equal(logits, model(x))  # eval: no token dropping
 
 
-def test_co_training_on_unlabelled_faces_runs_and_logs_pseudo_labels(demo_root, tmp_path):
+def test_co_training_starts_at_its_epoch_and_logs_pseudo_labels(demo_root, tmp_path):
     out = tmp_path / "run_u"
     overrides = {
         "data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "pool"), "optim.device": "cpu",
-        "optim.max_steps": 3, "optim.epochs": 1, "loss.pseudo_threshold": 0.0,  # 0: every agreed face counts
+        "optim.epochs": 2, "optim.max_steps": 9,  # 7 steps per epoch: epoch 0 and two steps of epoch 1
+        "loss.pseudo_threshold": 0.0, "loss.pseudo_start_epoch": 1,  # threshold 0: every agreed face counts
     }
     cotrain(out, "test-tiny", overrides=overrides)
     steps = [r for r in read_log(out / "log.jsonl") if r["type"] == "step"]
-    assert len(steps) == 3
-    assert all("pseudo" in r and 0.0 <= r["pseudo_rate"] <= 1.0 for r in steps)
-    assert any(r["pseudo_rate"] > 0 and r["pseudo"] > 0 for r in steps)
+    assert len(steps) == 9
+    first, later = [r for r in steps if r["epoch"] == 0], [r for r in steps if r["epoch"] == 1]
+    assert first and all(r["pseudo_rate"] == 0.0 and r["pseudo"] == 0.0 for r in first)  # not before its epoch
+    assert later and all(r["pseudo_rate"] > 0 and r["pseudo"] > 0 for r in later)
 
 
 def test_unlabelled_folder_must_not_hold_validation_images(demo_root, tmp_path):

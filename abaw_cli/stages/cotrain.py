@@ -37,7 +37,11 @@ taught on the view's own token-dropped forward of the face. The term added is
     pseudo_weight * mean_v [ sum over pseudo-labelled faces of CE(l_v(u), y_other) ] / B
 i.e. normalised by the number of unlabelled faces in the batch, not by the number selected, so
 the term grows with the share of confident faces and one lucky face cannot carry a full-batch
-weight (as in FixMatch). Under the agreement rule the other view's label equals the view's own
+weight (as in FixMatch). Pseudo-labelling starts at epoch `pseudo_start_epoch` (default 1, i.e.
+after one supervised epoch): the views start from the same weights, so early on they agree on
+everything and the agreement gate selects faces the model knows nothing about. On the demo set,
+threshold 0.3 from the first step pseudo-labelled ~95% of the pool and collapsed the model onto
+one class (F1 0.06); 0.9 never fired within 8 epochs of a ViT trained from scratch. Under the agreement rule the other view's label equals the view's own
 unmasked prediction; what co-training adds is the other view's confidence gate and the view being
 taught to reach that answer from a different, partial set of patches. The JS term is not applied
 to unlabelled faces. log.jsonl reports `pseudo_rate`, the share of unlabelled faces selected.
@@ -60,7 +64,7 @@ import yaml
 from timm.layers import trunc_normal_
 from torch.utils.data import DataLoader, Dataset
 
-from abaw_cli.config import ConfigError, available_presets, from_dict, load_config
+from abaw_cli.config import ConfigError, from_dict, load_config
 from abaw_cli.data.formats import FormatError, LSDSamples
 from abaw_cli.data.lsd import (
     BALANCE_CHOICES,
@@ -93,7 +97,8 @@ from abaw_cli.options import (
 )
 from abaw_cli.plots import save_confusion_matrix, save_curves
 from abaw_cli.progress import console
-from abaw_cli.train.engine import Engine, EngineError, NonFiniteLossError, Task, TrainConfig, unwrap
+from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
+from abaw_cli.train.engine import Engine, EngineError, Task, TrainConfig, unwrap
 from abaw_cli.train.losses import js_divergence
 
 log = logging.getLogger(__name__)
@@ -123,6 +128,7 @@ class CotrainLossConfig:
     balance: str = "sampler"  # sampler | weights | none (the authors' script used none)
     pseudo_threshold: float = 0.9  # --unlabeled: both views agree, each at least this confident
     pseudo_weight: float = 1.0
+    pseudo_start_epoch: int = 1  # no pseudo-labels before this epoch (0-based): the views must learn first
 
 
 @dataclass
@@ -284,6 +290,8 @@ class CotrainTask(Task):
         unlabelled = batch[2] if len(batch) > 2 else None
         n = images.shape[0]
         teacher = None
+        if unlabelled is not None and self.epoch < cfg.pseudo_start_epoch:
+            unlabelled = None  # too early: the views' agreement means nothing yet (see module docstring)
         if unlabelled is not None:
             teacher = self._teacher_logits(unwrap(model), unlabelled)
             logits_all = model(torch.cat([images, unlabelled]), return_views=True)
@@ -303,9 +311,10 @@ class CotrainTask(Task):
         logs = {"ce": float(ce.detach()), "js": float(js.detach()), "train_acc": float(accuracy)}
         if teacher is not None:
             pseudo, selected = pseudo_label_loss(logits_u.float(), teacher, cfg.pseudo_threshold)
-            rate = float(selected.float().mean())
             loss = loss + cfg.pseudo_weight * pseudo
-            logs.update({"pseudo": float(pseudo.detach()), "pseudo_rate": rate})
+            logs.update({"pseudo": float(pseudo.detach()), "pseudo_rate": float(selected.float().mean())})
+        elif self.unlabeled:
+            logs.update({"pseudo": 0.0, "pseudo_rate": 0.0})
         return loss, logs
 
     @torch.no_grad()
@@ -430,8 +439,8 @@ def cotrain(out: Path, preset: str = "cpu-small", resume: bool = False, override
         overlap = {p.resolve() for p in unlabeled} & {Path(p).resolve() for p in val.paths}
         if overlap:
             raise DatasetError(f"--unlabeled {cfg.data.unlabeled} holds {len(overlap)} validation image(s) (e.g. {sorted(overlap)[0]}): pseudo-labelling them would leak the validation set")
-        log.info("co-training with %d unlabelled faces from %s (threshold %.2f, weight %g)",
-                 len(unlabeled), cfg.data.unlabeled, cfg.loss.pseudo_threshold, cfg.loss.pseudo_weight)
+        log.info("co-training with %d unlabelled faces from %s (threshold %.2f, weight %g, from epoch %d)",
+                 len(unlabeled), cfg.data.unlabeled, cfg.loss.pseudo_threshold, cfg.loss.pseudo_weight, cfg.loss.pseudo_start_epoch)
     log.info("LSD %s: %d synthetic training, %d real validation images; balance=%s; mask rate %.2f; lambda_js %g",
              root, len(train), len(val), cfg.loss.balance, cfg.model.mask_rate, cfg.loss.lambda_js)
     task = CotrainTask(cfg, train, val, unlabeled)
@@ -482,6 +491,7 @@ def register(app: typer.Typer) -> None:
         unlabeled: Annotated[Path | None, typer.Option("--unlabeled", help="Folder of real face crops (e.g. crop-faces output) for co-training.")] = None,
         pseudo_threshold: Annotated[float | None, typer.Option("--pseudo-threshold", help="Confidence both views need to pseudo-label an unlabelled face.")] = None,
         pseudo_weight: Annotated[float | None, typer.Option("--pseudo-weight", help="Weight of the pseudo-label cross-entropy.")] = None,
+        pseudo_start_epoch: Annotated[int | None, typer.Option("--pseudo-start-epoch", help="First epoch (0-based) that uses pseudo-labels.")] = None,
         balance: Annotated[str | None, typer.Option("--balance", help=f"Class imbalance: {' | '.join(BALANCE_CHOICES)} (sampler: classes drawn equally often; weights: weighted CE).")] = None,
         manifest: Annotated[str | None, typer.Option("--manifest", help="Dataset manifest to check --data against (auto: demo-lsd for demo data, else abaw4-lsd).")] = None,
         preset: PresetOption = "cpu-small",
@@ -495,27 +505,19 @@ def register(app: typer.Typer) -> None:
         device: DeviceOption = "auto",
         seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")] = None,
     ) -> None:
-        if preset not in available_presets(STAGE):
-            raise typer.BadParameter(f"no preset {preset!r}; available: {', '.join(available_presets(STAGE))}", param_hint="--preset")
+        check_preset(STAGE, preset)
         if balance is not None and balance not in BALANCE_CHOICES:
             raise typer.BadParameter(f"must be one of {', '.join(BALANCE_CHOICES)}", param_hint="--balance")
         overrides = {
             "data.root": str(data) if data else None, "init": init, "model.mask_rate": mask_rate,
             "loss.lambda_js": lambda_js, "data.unlabeled": str(unlabeled) if unlabeled else None,
             "loss.pseudo_threshold": pseudo_threshold, "loss.pseudo_weight": pseudo_weight, "loss.balance": balance,
+            "loss.pseudo_start_epoch": pseudo_start_epoch,
             "data.manifest": manifest,
-            "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.batch_size": batch, "optim.accum_steps": accum,
-            "optim.lr": lr, "optim.num_workers": workers, "optim.seed": seed,
-            "optim.device": device if device != "auto" or not resume else None,
-        }
-        try:
+        } | optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
+                            workers=workers, seed=seed, device=device, resume=resume)
+        with stage_errors(DatasetError, FormatError, ConfigError, EngineError, EncoderLoadError, ValueError):
             best, history = cotrain(out, preset, resume, overrides)
-        except (DatasetError, FormatError, ConfigError, EngineError, EncoderLoadError, ValueError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(code=2) from exc
-        except NonFiniteLossError as exc:
-            console.print(f"[red]stopped:[/red] {exc}")
-            raise typer.Exit(code=1) from exc
         if int(os.environ.get("RANK", "0")) != 0:
             return
         row = best_epoch(history)
