@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid
 
-from abaw_cli.config import ConfigError, available_presets, from_dict, load_config, to_dict
+from abaw_cli.config import ConfigError, from_dict, load_config, to_dict
 from abaw_cli.data.images import FaceImages, ImageSourceError, find_images
 from abaw_cli.models.mae import MaskedAutoencoder
 from abaw_cli.options import (
@@ -39,8 +39,9 @@ from abaw_cli.options import (
     ResumeOption,
 )
 from abaw_cli.progress import console
+from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
 from abaw_cli.train.checkpoint import save_atomic
-from abaw_cli.train.engine import Engine, EngineError, NonFiniteLossError, Task, TrainConfig
+from abaw_cli.train.engine import Engine, EngineError, Task, TrainConfig
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain_mae"
@@ -232,20 +233,10 @@ def register(app: typer.Typer) -> None:
         device: DeviceOption = "auto",
         seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")] = None,
     ) -> None:
-        if preset not in available_presets(STAGE):
-            raise typer.BadParameter(f"no preset {preset!r}; available: {', '.join(available_presets(STAGE))}", param_hint="--preset")
-        overrides = {
-            "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.batch_size": batch, "optim.accum_steps": accum,
-            "optim.lr": lr, "optim.num_workers": workers, "optim.seed": seed,
-            "optim.device": device if device != "auto" or not resume else None,
-        }
-        try:
+        check_preset(STAGE, preset)
+        overrides = optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
+                                    workers=workers, seed=seed, device=device, resume=resume)
+        with stage_errors(ImageSourceError, ConfigError, EngineError):
             encoder, history = pretrain_mae(data, out, preset, resume, overrides)
-        except (ImageSourceError, ConfigError, EngineError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(code=2) from exc
-        except NonFiniteLossError as exc:
-            console.print(f"[red]stopped:[/red] {exc}")
-            raise typer.Exit(code=1) from exc
         last = history[-1] if history else {}
         console.print(f"encoder: {encoder}  (train loss {last.get('train_loss', float('nan')):.4f} at step {last.get('step', 0)})")

@@ -42,7 +42,7 @@ import typer
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from abaw_cli.config import ConfigError, available_presets, from_dict, load_config
+from abaw_cli.config import ConfigError, from_dict, load_config
 from abaw_cli.data.formats import FormatError, MTLAnnotations
 from abaw_cli.data.manifest import DatasetError, available_manifests
 from abaw_cli.data.mtl import MANIFEST, MTLDataset, class_balanced_weights, load_mtl_splits
@@ -63,8 +63,9 @@ from abaw_cli.options import (
 )
 from abaw_cli.plots import save_confusion_matrix, save_curves
 from abaw_cli.progress import console
+from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
 from abaw_cli.train.checkpoint import CheckpointError, load_checkpoint
-from abaw_cli.train.engine import CHECKPOINT_BEST, Engine, EngineError, NonFiniteLossError, Task, TrainConfig
+from abaw_cli.train.engine import CHECKPOINT_BEST, Engine, EngineError, Task, TrainConfig
 from abaw_cli.train.losses import MTLLoss, MTLLossWeights, au_pos_weight
 
 log = logging.getLogger(__name__)
@@ -446,23 +447,14 @@ def register(app: typer.Typer) -> None:
         device: DeviceOption = "auto",
         seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")] = None,
     ) -> None:
-        if preset not in available_presets(STAGE):
-            raise typer.BadParameter(f"no preset {preset!r}; available: {', '.join(available_presets(STAGE))}", param_hint="--preset")
+        check_preset(STAGE, preset)
         overrides = {
             "data.root": str(data) if data else None, "init": init, "model.prior": cnn, "model.va_input": va_input,
             "loss.balanced": balanced, "loss.label_smoothing": label_smoothing, "data.manifest": manifest,
-            "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.batch_size": batch, "optim.accum_steps": accum,
-            "optim.lr": lr, "optim.num_workers": workers, "optim.seed": seed,
-            "optim.device": device if device != "auto" or not resume else None,
-        }
-        try:
+        } | optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
+                            workers=workers, seed=seed, device=device, resume=resume)
+        with stage_errors(DatasetError, FormatError, ConfigError, EngineError, EncoderLoadError, CheckpointError, FileNotFoundError, ValueError):
             best, metrics = train_mtl(out, preset, resume, overrides)
-        except (DatasetError, FormatError, ConfigError, EngineError, EncoderLoadError, CheckpointError, FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(code=2) from exc
-        except NonFiniteLossError as exc:
-            console.print(f"[red]stopped:[/red] {exc}")
-            raise typer.Exit(code=1) from exc
         m = metrics.get("best_metrics") or {}
         if m:
             console.print(

@@ -34,10 +34,19 @@ class CheckpointError(ValueError):
     """A file that is not a checkpoint of the expected kind."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file-size limit, unwritable folder); the file
+    it would have replaced is untouched."""
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary name in the same folder, fsync, then rename: never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed mid-write (SIGKILL, power loss) leaves its temporary file: the next write of the
+    # same file clears it (one process writes a given checkpoint, so none of these is in flight).
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -45,6 +54,10 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
+        code = exc.errno if isinstance(exc, OSError) else None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
+        raise CheckpointWriteError(code, f"could not write the checkpoint (disk full or file-size limit?): {detail}", str(path)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
