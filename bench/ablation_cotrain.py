@@ -60,7 +60,8 @@ console = Console()
 # selected 0% of the pool in all 8 epochs); at the end of training threshold 0.3 selects ~15% of
 # the pool (on the validation faces such a selection was 67% right against 40% overall), but
 # applied from the first step it selected ~95% and collapsed the model onto HAPPINESS (F1 0.06).
-# So: threshold 0.3 from epoch 4 (of 8), when the views have learned something.
+# From epoch 4 (of 8) without a cap it still ran away onto one class (F1 0.04). So: threshold 0.3
+# from epoch 4, at most ceil(B/6) pseudo-labels per class and batch (the stage's default cap).
 # "cpu+mae" is the same recipe with the paper's lambda 100, started from a 4-block MAE encoder
 # pretrained here on the pool (the paper's initialisation). "pipeline" is what `make pipeline`
 # runs: the cpu-small preset unchanged (12 blocks, lambda 100) from the cpu-small MAE encoder

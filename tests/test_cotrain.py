@@ -131,6 +131,19 @@ def test_pseudo_labels_need_agreement_and_confidence():
     assert not none.any()
 
 
+def test_pseudo_labels_per_class_cap_keeps_the_most_confident():
+    # 5 faces all confidently class 1 (confidence rising with the index), 1 face class 4.
+    teacher = torch.zeros(2, 6, 6)
+    for i in range(5):
+        teacher[:, i, 1] = 4.0 + i
+    teacher[:, 5, 4] = 8.0
+    student = torch.zeros(2, 6, 6)
+    _, uncapped = pseudo_label_loss(student, teacher, threshold=0.5)
+    assert uncapped.all()
+    _, capped = pseudo_label_loss(student, teacher, threshold=0.5, per_class_cap=2)
+    assert capped.tolist() == [False, False, False, True, True, True]
+
+
 def test_batch_scaling_explicit_batch_and_resume(tmp_path):
     cfg = resolve_config("test-tiny", tmp_path, False, {"model.mask_rate": 0.75})
     assert cfg.optim.batch_size == 32 and not cfg.data.scale_batch_by_mask  # 8 / (1 - 0.75)

@@ -41,7 +41,12 @@ weight (as in FixMatch). Pseudo-labelling starts at epoch `pseudo_start_epoch` (
 after one supervised epoch): the views start from the same weights, so early on they agree on
 everything and the agreement gate selects faces the model knows nothing about. On the demo set,
 threshold 0.3 from the first step pseudo-labelled ~95% of the pool and collapsed the model onto
-one class (F1 0.06); 0.9 never fired within 8 epochs of a ViT trained from scratch. Under the agreement rule the other view's label equals the view's own
+one class (F1 0.06); 0.9 never fired within 8 epochs of a ViT trained from scratch. Started at
+epoch 4 of 8, threshold 0.3 still ran away (27% selected, then 99.7% within an epoch, the model
+collapsed onto SURPRISE): every pseudo-label makes the views surer of the same class. Hence, as
+in classic co-training (a fixed number of new examples per class per round), at most
+ceil(pseudo_class_share x B / 6) faces per class are pseudo-labelled in a batch (the most
+confident ones): one class can no longer take over the unlabelled term. Under the agreement rule the other view's label equals the view's own
 unmasked prediction; what co-training adds is the other view's confidence gate and the view being
 taught to reach that answer from a different, partial set of patches. The JS term is not applied
 to unlabelled faces. log.jsonl reports `pseudo_rate`, the share of unlabelled faces selected.
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +135,7 @@ class CotrainLossConfig:
     pseudo_threshold: float = 0.9  # --unlabeled: both views agree, each at least this confident
     pseudo_weight: float = 1.0
     pseudo_start_epoch: int = 1  # no pseudo-labels before this epoch (0-based): the views must learn first
+    pseudo_class_share: float = 1.0  # per batch at most share x B / 6 pseudo-labels per class (0 = no cap)
 
 
 @dataclass
@@ -219,16 +226,27 @@ def model_config_for(cfg: CotrainConfig) -> dict:
     }
 
 
-def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label_loss(
+    student: torch.Tensor, teacher: torch.Tensor, threshold: float, per_class_cap: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Co-training term (see the module docstring) -> (loss, selected (B,) bool).
 
     student: (V, B, C) logits of the token-dropped views on the unlabelled faces (with gradient);
     teacher: (V, B, C) logits of the same views with all tokens (no gradient). A face is selected
     when every view predicts the same class with probability >= threshold; view v is taught the
-    class predicted by view v+1 (cyclically: the other view when V = 2).
+    class predicted by view v+1 (cyclically: the other view when V = 2). With `per_class_cap`, at
+    most that many faces per class are kept, the most confident ones (lowest view confidence
+    first out), as classic co-training labels a fixed number of examples per class per round.
     """
     confidence, predicted = teacher.softmax(dim=-1).max(dim=-1)  # (V, B)
     selected = (predicted == predicted[:1]).all(dim=0) & (confidence >= threshold).all(dim=0)
+    if per_class_cap is not None:
+        score = torch.where(selected, confidence.min(dim=0).values, torch.full_like(confidence[0], -1.0))
+        for c in predicted[0][selected].unique():
+            members = (selected & (predicted[0] == c)).nonzero().squeeze(1)
+            if members.numel() > per_class_cap:
+                drop = members[score[members].argsort(descending=True)[per_class_cap:]]
+                selected[drop] = False
     n_views, batch = predicted.shape
     terms = []
     for v in range(n_views):
@@ -310,7 +328,8 @@ class CotrainTask(Task):
             accuracy = (logits.sum(0).argmax(-1) == labels).float().mean()
         logs = {"ce": float(ce.detach()), "js": float(js.detach()), "train_acc": float(accuracy)}
         if teacher is not None:
-            pseudo, selected = pseudo_label_loss(logits_u.float(), teacher, cfg.pseudo_threshold)
+            cap = math.ceil(cfg.pseudo_class_share * n / logits.shape[-1]) if cfg.pseudo_class_share > 0 else None
+            pseudo, selected = pseudo_label_loss(logits_u.float(), teacher, cfg.pseudo_threshold, cap)
             loss = loss + cfg.pseudo_weight * pseudo
             logs.update({"pseudo": float(pseudo.detach()), "pseudo_rate": float(selected.float().mean())})
         elif self.unlabeled:
