@@ -511,6 +511,7 @@ def register(app: typer.Typer) -> None:
         pseudo_threshold: Annotated[float | None, typer.Option("--pseudo-threshold", help="Confidence both views need to pseudo-label an unlabelled face.")] = None,
         pseudo_weight: Annotated[float | None, typer.Option("--pseudo-weight", help="Weight of the pseudo-label cross-entropy.")] = None,
         pseudo_start_epoch: Annotated[int | None, typer.Option("--pseudo-start-epoch", help="First epoch (0-based) that uses pseudo-labels.")] = None,
+        pseudo_class_share: Annotated[float | None, typer.Option("--pseudo-class-share", help="At most share x batch / 6 pseudo-labels per class in a batch (0 = no cap).")] = None,
         balance: Annotated[str | None, typer.Option("--balance", help=f"Class imbalance: {' | '.join(BALANCE_CHOICES)} (sampler: classes drawn equally often; weights: weighted CE).")] = None,
         manifest: Annotated[str | None, typer.Option("--manifest", help="Dataset manifest to check --data against (auto: demo-lsd for demo data, else abaw4-lsd).")] = None,
         preset: PresetOption = "cpu-small",
@@ -531,7 +532,7 @@ def register(app: typer.Typer) -> None:
             "data.root": str(data) if data else None, "init": init, "model.mask_rate": mask_rate,
             "loss.lambda_js": lambda_js, "data.unlabeled": str(unlabeled) if unlabeled else None,
             "loss.pseudo_threshold": pseudo_threshold, "loss.pseudo_weight": pseudo_weight, "loss.balance": balance,
-            "loss.pseudo_start_epoch": pseudo_start_epoch,
+            "loss.pseudo_start_epoch": pseudo_start_epoch, "loss.pseudo_class_share": pseudo_class_share,
             "data.manifest": manifest,
         } | optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
                             workers=workers, seed=seed, device=device, resume=resume)
