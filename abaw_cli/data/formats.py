@@ -687,7 +687,22 @@ def _format_cell(value: Any) -> str:
     return str(value)
 
 
-class PredictionTableWriter:
+class AtomicWriter:
+    """Context-manager rule for writers that build a temporary file: on success `close()` moves
+    it into place, on an error `abort()` drops it, so a reader never sees a half-written output.
+    Subclasses define close() and abort()."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PredictionTableWriter(AtomicWriter):
     """Streams prediction rows to CSV; the file appears under `path` only on a clean close.
 
         with PredictionTableWriter(out / "predictions.csv", prediction_columns("mtl")) as table:
@@ -735,14 +750,6 @@ class PredictionTableWriter:
         if self._tmp.exists():
             self._tmp.unlink()
 
-    def __enter__(self) -> PredictionTableWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def read_prediction_table(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from abaw_cli.data.formats import AtomicWriter
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
 
@@ -93,7 +94,7 @@ def draw_frame(frame_rgb: np.ndarray, prediction: FramePrediction, space: Output
     return img
 
 
-class OverlayWriter:
+class OverlayWriter(AtomicWriter):
     """An mp4 (mp4v) writer that writes to a temporary name and renames on a clean close."""
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]) -> None:
@@ -122,11 +123,3 @@ class OverlayWriter:
         self._writer.release()
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "OverlayWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

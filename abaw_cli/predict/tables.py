@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from abaw_cli.data.formats import PREDICTION_TEXT_COLUMNS, PredictionTableWriter, prediction_columns
+from abaw_cli.data.formats import PREDICTION_TEXT_COLUMNS, AtomicWriter, PredictionTableWriter, prediction_columns
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
@@ -41,7 +41,7 @@ def table_format_for(path: Path, requested: str | None = None) -> str:
     return fmt
 
 
-class ParquetTableWriter:
+class ParquetTableWriter(AtomicWriter):
     """The PredictionTableWriter interface, writing Parquet row groups of `group_rows` rows."""
 
     def __init__(self, path: str | os.PathLike, columns: Sequence[str], group_rows: int = 4096) -> None:
@@ -98,14 +98,6 @@ class ParquetTableWriter:
             self._writer = None
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ParquetTableWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def table_columns(space: OutputSpace, with_image: bool = False) -> list[str]:
