@@ -54,6 +54,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from abc import ABC, abstractmethod
@@ -106,6 +107,15 @@ class TrainConfig:
     log_every_steps: int = 10
     seed: int = 0
     device: str = "auto"
+
+
+def cpu_training_threads(num_workers: int) -> int:
+    """Intra-op threads for CPU training: the cores left after the data-loader workers and the other
+    local ranks. Oversubscribed OpenMP threads spin-wait on each other: measured here on 2 cores,
+    MAE cpu-small trained at 6-7 img/s with 2 threads beside 2 loader workers, 66-84 img/s with 1."""
+    cores = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cores // local_ranks - num_workers)
 
 
 class EngineError(RuntimeError):
@@ -262,9 +272,13 @@ class Engine:
     def fit(self) -> list[dict]:
         device = resolve_device(self.cfg.device)
         created = D.init_distributed(device)
+        threads_before = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_training_threads(self.cfg.num_workers))
         try:
             return self._fit(device)
         finally:
+            torch.set_num_threads(threads_before)
             if created:
                 D.cleanup_distributed()
 
