@@ -25,3 +25,9 @@ AccumOption = Annotated[int | None, typer.Option("--accum", help="Gradient accum
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue from RUN/checkpoint-last.pt exactly where it stopped.")
 ]
+LrOption = Annotated[
+    float | None, typer.Option("--lr", help="Absolute learning rate (instead of base lr x effective batch / 256).")
+]
+WorkersOption = Annotated[int | None, typer.Option("--workers", help="Data-loading worker processes.")]
+# Training stages take the seed as an override: None keeps the preset's (or, on --resume, the run's).
+RunSeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")]

@@ -96,10 +96,13 @@ from abaw_cli.options import (
     BatchOption,
     DeviceOption,
     EpochsOption,
+    LrOption,
     MaxStepsOption,
     OutDirOption,
     PresetOption,
     ResumeOption,
+    RunSeedOption,
+    WorkersOption,
 )
 from abaw_cli.plots import save_confusion_matrix, save_curves
 from abaw_cli.progress import console
@@ -519,11 +522,11 @@ def register(app: typer.Typer) -> None:
         max_steps: MaxStepsOption = None,
         batch: BatchOption = None,
         accum: AccumOption = None,
-        lr: Annotated[float | None, typer.Option("--lr", help="Absolute learning rate.")] = None,
-        workers: Annotated[int | None, typer.Option("--workers", help="Data-loading worker processes.")] = None,
+        lr: LrOption = None,
+        workers: WorkersOption = None,
         resume: ResumeOption = False,
         device: DeviceOption = "auto",
-        seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")] = None,
+        seed: RunSeedOption = None,
     ) -> None:
         check_preset(STAGE, preset)
         if balance is not None and balance not in BALANCE_CHOICES:

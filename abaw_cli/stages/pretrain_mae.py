@@ -33,10 +33,13 @@ from abaw_cli.options import (
     BatchOption,
     DeviceOption,
     EpochsOption,
+    LrOption,
     MaxStepsOption,
     OutDirOption,
     PresetOption,
     ResumeOption,
+    RunSeedOption,
+    WorkersOption,
 )
 from abaw_cli.progress import console
 from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
@@ -227,11 +230,11 @@ def register(app: typer.Typer) -> None:
         max_steps: MaxStepsOption = None,
         batch: BatchOption = None,
         accum: AccumOption = None,
-        lr: Annotated[float | None, typer.Option("--lr", help="Absolute learning rate (instead of base lr x batch/256).")] = None,
-        workers: Annotated[int | None, typer.Option("--workers", help="Data-loading worker processes.")] = None,
+        lr: LrOption = None,
+        workers: WorkersOption = None,
         resume: ResumeOption = False,
         device: DeviceOption = "auto",
-        seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed repeats a run.")] = None,
+        seed: RunSeedOption = None,
     ) -> None:
         check_preset(STAGE, preset)
         overrides = optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
