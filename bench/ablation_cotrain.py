@@ -66,8 +66,8 @@ console = Console()
 PSEUDO = {"loss.pseudo_threshold": 0.3, "loss.pseudo_start_epoch": 4}
 PROFILES: dict[str, dict] = {
     "cpu": {"init": "none", "overrides": dict(PSEUDO)},
-    "cpu+mae": {"init": "mae", "mae": {}, "overrides": dict(PSEUDO)},
-    "paper-lambda": {"init": "mae", "mae": {}, "overrides": {**PSEUDO, "loss.lambda_js": 100.0}},
+    "cpu+mae": {"init": "mae", "overrides": dict(PSEUDO)},
+    "paper-lambda": {"init": "mae", "overrides": {**PSEUDO, "loss.lambda_js": 100.0}},
 }
 
 SYSTEMS: dict[str, dict] = {
