@@ -64,6 +64,7 @@ resume_if = $(if $(wildcard $(1)/checkpoint-last.pt),--resume)
 # What each training stage starts from. On the demo at cpu-small scale Masked CoTEX starts from
 # random weights: measured, a two-minute demo MAE encoder left its views near chance (real-style
 # macro-F1 0.17-0.18 vs 0.38 from random weights, 8 epochs). Every other preset starts from MAE.
+# A stage depends on its init file only (`none` depends on nothing but the data).
 MTL_INIT ?= $(RUNS)/pretrain-mae/encoder.pt
 COTRAIN_INIT ?= $(if $(filter cpu-small,$(PRESET)),none,$(RUNS)/pretrain-mae/encoder.pt)
 
@@ -81,11 +82,11 @@ $(RUNS)/pretrain-mae/encoder.pt: $(RUNS)/crop-faces/faces.csv
 	$(TRAIN) pretrain-mae $(MAE_DATA) $(RUNS)/crop-faces --out $(RUNS)/pretrain-mae \
 		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/pretrain-mae)
 
-$(RUNS)/train-mtl/best.pt: $(RUNS)/pretrain-mae/encoder.pt
+$(RUNS)/train-mtl/best.pt: $(DATA_DEP) $(filter-out none,$(MTL_INIT))
 	$(TRAIN) train-mtl --data $(MTL_DATA) --out $(RUNS)/train-mtl --init $(MTL_INIT) \
 		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/train-mtl)
 
-$(RUNS)/cotrain/best.pt: $(RUNS)/pretrain-mae/encoder.pt
+$(RUNS)/cotrain/best.pt: $(DATA_DEP) $(filter-out none,$(COTRAIN_INIT))
 	$(TRAIN) cotrain --data $(LSD_DATA) --out $(RUNS)/cotrain --init $(COTRAIN_INIT) \
 		--preset $(PRESET) --seed $(SEED) $(call resume_if,$(RUNS)/cotrain)
 
