@@ -63,7 +63,7 @@ TRAIN := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc
 resume_if = $(if $(wildcard $(1)/checkpoint-last.pt),--resume)
 # What each training stage starts from. On the demo at cpu-small scale Masked CoTEX starts from
 # random weights: measured, a two-minute demo MAE encoder left its views near chance (real-style
-# macro-F1 0.17-0.18 vs 0.38 from random weights, 8 epochs). Every other preset starts from MAE.
+# macro-F1 0.17-0.19 vs 0.38 from random weights, 8 epochs). Every other preset starts from MAE.
 # A stage depends on its init file only (`none` depends on nothing but the data).
 MTL_INIT ?= $(RUNS)/pretrain-mae/encoder.pt
 COTRAIN_INIT ?= $(if $(filter cpu-small,$(PRESET)),none,$(RUNS)/pretrain-mae/encoder.pt)
