@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 from collections.abc import Iterator
 
 import typer
@@ -13,10 +14,22 @@ from abaw_cli.config import available_presets
 from abaw_cli.progress import console
 from abaw_cli.train.engine import NonFiniteLossError
 
+log = logging.getLogger(__name__)
+
 # Exit codes: 2 = bad input or an output that cannot be written (nothing was half-written);
 # 1 = the run itself failed (a non-finite loss; the last good checkpoint is kept).
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+# --init value of train-mtl and cotrain for a randomly initialised ViT.
+INIT_NONE = "none"
+
+
+def full_lr_from_scratch(cfg) -> None:
+    """With --init none there is nothing pretrained for layer-wise lr decay to preserve: every layer
+    must learn, so the decay goes to 1.0 (`cfg` has `.init` and `.optim.layer_decay`)."""
+    if cfg.init == INIT_NONE and cfg.optim.layer_decay < 1.0:
+        log.info("--init none: layer-wise lr decay %.2f -> 1.0 (nothing pretrained to preserve)", cfg.optim.layer_decay)
+        cfg.optim.layer_decay = 1.0
 
 
 def check_preset(stage: str, preset: str) -> None:

@@ -66,11 +66,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
-import yaml
 from timm.layers import trunc_normal_
 from torch.utils.data import DataLoader, Dataset
 
-from abaw_cli.config import ConfigError, from_dict, load_config
+from abaw_cli.config import ConfigError, load_run_config
 from abaw_cli.data.formats import FormatError, LSDSamples
 from abaw_cli.data.lsd import (
     BALANCE_CHOICES,
@@ -106,13 +105,12 @@ from abaw_cli.options import (
 )
 from abaw_cli.plots import save_confusion_matrix, save_curves
 from abaw_cli.progress import console
-from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
+from abaw_cli.stages.common import INIT_NONE, check_preset, full_lr_from_scratch, optim_overrides, stage_errors
 from abaw_cli.train.engine import Engine, EngineError, Task, TrainConfig, unwrap
 from abaw_cli.train.losses import js_divergence
 
 log = logging.getLogger(__name__)
 STAGE = "cotrain"
-INIT_NONE = "none"
 
 
 @dataclass
@@ -418,21 +416,10 @@ def write_metrics(run_dir: Path, history: list[dict]) -> Path:
 
 def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, Any]) -> CotrainConfig:
     """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    saved = out / "config.yaml"
-    if resume and saved.exists():
-        raw = yaml.safe_load(saved.read_text()) or {}
-        for key, value in overrides.items():
-            if value is not None:
-                node = raw
-                *parents, leaf = key.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-        cfg = from_dict(CotrainConfig, raw, str(saved))
-    else:
-        if overrides.get("optim.batch_size") is not None:
-            overrides = {**overrides, "data.scale_batch_by_mask": False}  # an explicit --batch is exact
-        cfg = load_config(CotrainConfig, STAGE, preset, overrides)
+    if overrides.get("optim.batch_size") is not None:
+        # An explicit --batch is exact (a resumed run's config has the scaling applied already).
+        overrides = {**overrides, "data.scale_batch_by_mask": False}
+    cfg, _ = load_run_config(CotrainConfig, STAGE, preset, out, resume, overrides)
     check_config(cfg)
     scale_batch_for_mask(cfg)
     if cfg.init == INIT_NONE and cfg.model.num_views > 1 and cfg.model.mask_rate > 0 and cfg.loss.lambda_js > 10:
@@ -441,10 +428,7 @@ def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, An
             "weights the JS term can hold both views at the uniform answer (seen on the demo set at 100; 10 learned)",
             cfg.loss.lambda_js,
         )
-    if cfg.init == INIT_NONE and cfg.optim.layer_decay < 1.0:
-        # Layer-wise decay keeps pretrained lower layers near their weights; random ones must learn.
-        log.info("--init none: layer-wise lr decay %.2f -> 1.0 (nothing pretrained to preserve)", cfg.optim.layer_decay)
-        cfg.optim.layer_decay = 1.0
+    full_lr_from_scratch(cfg)
     return cfg
 
 

@@ -20,12 +20,11 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
-import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid
 
-from abaw_cli.config import ConfigError, from_dict, load_config, to_dict
+from abaw_cli.config import ConfigError, load_run_config, to_dict
 from abaw_cli.data.images import FaceImages, ImageSourceError, find_images
 from abaw_cli.models.mae import MaskedAutoencoder
 from abaw_cli.options import (
@@ -160,16 +159,7 @@ def resolve_config(
     preset: str, out: Path, resume: bool, data: list[Path] | None, overrides: dict[str, Any]
 ) -> PretrainMAEConfig:
     """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    saved = out / "config.yaml"
-    if resume and saved.exists():
-        raw = yaml.safe_load(saved.read_text()) or {}
-        for key, value in overrides.items():
-            if value is not None:
-                section, name = key.split(".")
-                raw.setdefault(section, {})[name] = value
-        cfg = from_dict(PretrainMAEConfig, raw, str(saved))
-    else:
-        cfg = load_config(PretrainMAEConfig, STAGE, preset, overrides)
+    cfg, _ = load_run_config(PretrainMAEConfig, STAGE, preset, out, resume, overrides)
     if data:
         cfg.data = [str(p) for p in data]
     return cfg

@@ -39,10 +39,9 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from abaw_cli.config import ConfigError, from_dict, load_config
+from abaw_cli.config import ConfigError, load_run_config
 from abaw_cli.data.formats import FormatError, MTLAnnotations
 from abaw_cli.data.manifest import DatasetError, available_manifests
 from abaw_cli.data.mtl import MANIFEST, MTLDataset, class_balanced_weights, load_mtl_splits
@@ -66,14 +65,13 @@ from abaw_cli.options import (
 )
 from abaw_cli.plots import save_confusion_matrix, save_curves
 from abaw_cli.progress import console
-from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
+from abaw_cli.stages.common import INIT_NONE, check_preset, full_lr_from_scratch, optim_overrides, stage_errors
 from abaw_cli.train.checkpoint import CheckpointError, load_checkpoint
 from abaw_cli.train.engine import CHECKPOINT_BEST, Engine, EngineError, Task, TrainConfig
 from abaw_cli.train.losses import MTLLoss, MTLLossWeights, au_pos_weight
 
 log = logging.getLogger(__name__)
 STAGE = "train_mtl"
-INIT_NONE = "none"
 OUTPUT_LAYOUT = "[valence, arousal, 8 expression logits (expressions order), 12 AU logits (aus order)]"
 CURVE_KEYS = ("val_p_mtl", "val_p_mtl_at_0.5", "val_va", "val_expression_f1", "val_au_f1", "train_loss")
 
@@ -209,23 +207,8 @@ def check_config(cfg: TrainMTLConfig) -> None:
 
 def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, Any]) -> TrainMTLConfig:
     """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    saved = out / "config.yaml"
-    if resume and saved.exists():
-        raw = yaml.safe_load(saved.read_text()) or {}
-        for key, value in overrides.items():
-            if value is not None:
-                node = raw
-                *parents, leaf = key.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-        cfg = from_dict(TrainMTLConfig, raw, str(saved))
-    else:
-        cfg = load_config(TrainMTLConfig, STAGE, preset, overrides)
-        if cfg.init == INIT_NONE and cfg.optim.layer_decay < 1.0:
-            # Layer-wise decay keeps pretrained lower layers near their weights; random ones must learn.
-            log.info("--init none: layer-wise lr decay %.2f -> 1.0 (nothing pretrained to preserve)", cfg.optim.layer_decay)
-            cfg.optim.layer_decay = 1.0
+    cfg, _ = load_run_config(TrainMTLConfig, STAGE, preset, out, resume, overrides)
+    full_lr_from_scratch(cfg)
     check_config(cfg)
     return cfg
 
