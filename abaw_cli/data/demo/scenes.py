@@ -12,7 +12,7 @@ Styles:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -25,9 +25,14 @@ from abaw_cli.data.demo.face_render import (
 CROP = 112  # s-Aff-Wild2 cropped_aligned size
 STYLES = ("wild", "synthetic", "photo")
 # Aligned crops: the eye midpoint sits here (fraction of the crop), the face half-width is this
-# fraction of the crop, as in s-Aff-Wild2's cropped_aligned faces.
-EYE_POS = (0.5, 0.40)
-FACE_HALF_WIDTH = 0.34
+# fraction of the crop. Chosen so that MTCNN finds the five landmarks of a rendered crop where
+# crop-faces' aligner (faces.align.template_points) puts them in crops of the demo videos: a model
+# trained on these crops then sees video faces framed as it learned them. Measured on 96 crops:
+# mean landmark offset from the template <= 1.5 px (eye midpoint y 49.4 vs 48.5, eye distance
+# 29.1 vs 28.2 px); with the earlier (0.5, 0.40) / 0.34 the eyes sat 4.8 px too high, and a
+# classifier trained on the crops scored at chance on the videos' crop-faces crops.
+EYE_POS = (0.5, 0.448)
+FACE_HALF_WIDTH = 0.327
 
 
 def clutter(rng: np.random.Generator, h: int, w: int, shapes: int = 10, blur: float = 1.5) -> np.ndarray:
@@ -140,11 +145,12 @@ def random_light(rng: np.random.Generator, style: str) -> Light:
 def render_crop(ident: Identity, aus: AUState, pose: Pose, light: Light, background: np.ndarray,
                 look: Look, rng: np.random.Generator, size: int = CROP) -> np.ndarray:
     """An aligned face crop (size x size BGR): the face placed by its eye midpoint (drawn at 2x
-    and shrunk), composited on `background` (size x size BGR), then passed through the look."""
+    and shrunk), composited on `background` (size x size BGR), then passed through the look.
+    Upright: a similarity alignment on the eyes removes in-plane roll, so the crop ignores
+    `pose.roll` (yaw and pitch stay)."""
+    pose = replace(pose, roll=0.0)
     scale = FACE_HALF_WIDTH * size
-    mid = eye_mid_offset(ident, pose)
-    cr, sr = math.cos(math.radians(pose.roll)), math.sin(math.radians(pose.roll))
-    off = np.array([mid[0] * cr - mid[1] * sr, mid[0] * sr + mid[1] * cr]) * scale
+    off = eye_mid_offset(ident, pose) * scale
     center = (EYE_POS[0] * size - off[0], EYE_POS[1] * size - off[1])
     layer, _ = render_person((size, size), ident, aus, pose, center, scale, light)
     return apply_look(composite(background, layer), look, rng)
