@@ -96,8 +96,12 @@ $(RUNS)/predict/mtl_submission.txt: $(RUNS)/train-mtl/best.pt
 	$(ABAW) predict $(firstword $(sort $(wildcard $(VIDEOS)/*.mp4))) --model $< --out $(RUNS)/predict/video.csv \
 		--overlay $(RUNS)/predict/video_overlay.mp4 --plot $(RUNS)/predict/video_timeline.png
 
+# The same demo video through the LSD model too: on the demo it is the model that recognises the
+# video's expressions (EMMA's cpu-small ViT learns few from the 41 MTL identities; see README).
 $(RUNS)/predict/lsd_submission.txt: $(RUNS)/cotrain/best.pt
 	$(ABAW) predict $(LSD_DATA)/validation_set_real_images --model $< --out $(RUNS)/predict/lsd_submission.txt
+	$(ABAW) predict $(firstword $(sort $(wildcard $(VIDEOS)/*.mp4))) --model $< --out $(RUNS)/predict/video_lsd.csv \
+		--overlay $(RUNS)/predict/video_lsd_overlay.mp4 --plot $(RUNS)/predict/video_lsd_timeline.png
 
 $(RUNS)/score/mtl.json: $(RUNS)/predict/mtl_submission.txt
 	$(ABAW) score $< --truth $(MTL_DATA)/validation_set_annotations.txt --task mtl --json $@
