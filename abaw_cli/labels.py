@@ -37,10 +37,18 @@ LSD_FOLDER_ALIASES: dict[str, str] = {
     "SADNESS": "SADNESS", "SAD": "SADNESS", "SURPRISE": "SURPRISE",
 }
 
+
+def expression_index(name: str) -> int:
+    """MTL expression index of an expression or LSD class name, in any case ("Happiness",
+    "HAPPINESS"): what a prediction table's expression column holds for either kind of model."""
+    key = name.strip().capitalize()
+    if key not in EXPRESSIONS:
+        raise ValueError(f"unknown expression {name!r}; expected one of {', '.join(EXPRESSIONS)}")
+    return EXPRESSIONS.index(key)
+
+
 # The LSD classes as MTL expression indices (LSD has no Neutral and no Other).
-LSD_TO_EXPRESSION: dict[int, int] = {
-    i: EXPRESSIONS.index(name.capitalize()) for i, name in enumerate(LSD_CLASSES)
-}
+LSD_TO_EXPRESSION: dict[int, int] = {i: expression_index(name) for i, name in enumerate(LSD_CLASSES)}
 
 # Missing-value codes of the annotation files.
 MISSING_VA = -5.0

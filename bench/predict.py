@@ -48,7 +48,7 @@ from abaw_cli.faces.align import align_face  # noqa: E402
 from abaw_cli.faces.detector import FaceDetector  # noqa: E402
 from abaw_cli.faces.sources import expand_inputs  # noqa: E402
 from abaw_cli.faces.video import VideoReader  # noqa: E402
-from abaw_cli.labels import EXPRESSIONS  # noqa: E402
+from abaw_cli.labels import EXPRESSIONS, expression_index  # noqa: E402
 from abaw_cli.predict.batching import FacePredictor  # noqa: E402
 from abaw_cli.predict.pipeline import CROP_SIZE, SourceOutputs, VideoOptions, predict_source  # noqa: E402
 from abaw_cli.runtime import resolve_device  # noqa: E402
@@ -224,12 +224,12 @@ def agreement(table_k1: Path, table_k5: Path, truth_csv: Path, model_classes: tu
     true_expr = truth["expression"][:n].astype(int)
     # The model's own classes as MTL expression indices: all 8 for EMMA, 6 for an LSD (cotrain)
     # model, which is scored on the frames whose truth is one of its classes only.
-    classes = [EXPRESSIONS.index(c.capitalize()) for c in model_classes]
+    classes = [expression_index(c) for c in model_classes]
     scored = np.isin(true_expr, classes)
     out = {}
     for name, t in (("full_detection", a), ("detect_every_5", b)):
         face = t["face"][:n] == 1
-        pred = np.array([EXPRESSIONS.index(e.capitalize()) if e else -1 for e in t["expression"][:n]])
+        pred = np.array([expression_index(e) if e else -1 for e in t["expression"][:n]])
         labelled = face & scored
         out[f"{name}_truth_agreement"] = float((pred[labelled] == true_expr[labelled]).mean()) if labelled.any() else float("nan")
         out[f"{name}_face_rate"] = float(face.mean())

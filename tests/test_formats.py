@@ -67,6 +67,14 @@ def assert_names(err: FormatError, path: Path, line: int | None, *words: str) ->
 # --- MTL annotations -------------------------------------------------------------------------
 
 
+def test_expression_index_reads_mtl_and_lsd_names():
+    assert labels.expression_index("Happiness") == labels.expression_index("HAPPINESS") == 4
+    assert [labels.expression_index(c) for c in labels.LSD_CLASSES] == list(labels.LSD_TO_EXPRESSION.values())
+    assert labels.LSD_TO_EXPRESSION == {0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}
+    with pytest.raises(ValueError, match="unknown expression"):
+        labels.expression_index("Contempt")
+
+
 def test_annotations_round_trip_keeps_values_and_missing_codes(tmp_path):
     ann = make_annotations()
     path = write_mtl_annotations(tmp_path / "train.txt", ann)

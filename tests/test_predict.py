@@ -139,7 +139,7 @@ def test_a_briefly_trained_model_agrees_with_the_demo_video_truth(tmp_path, demo
             truth_table = np.genfromtxt(fh, delimiter=",", names=True)
         assert len(table["frame"]) == len(truth_table)  # one row per frame, in frame order
         assert (table["face"] == 1).mean() >= 0.95
-        predicted += [labels.EXPRESSIONS.index(name.capitalize()) if name else -1 for name in table["expression"]]
+        predicted += [labels.expression_index(name) if name else -1 for name in table["expression"]]
         truth += truth_table["expression"].astype(int).tolist()
     predicted, truth = np.asarray(predicted), np.asarray(truth)
     in_classes = np.isin(truth, list(labels.LSD_TO_EXPRESSION.values()))
