@@ -103,18 +103,18 @@ def load_config(cls: type[T], stage: str, preset: str, overrides: dict[str, Any]
 
 def load_run_config(
     cls: type[T], stage: str, preset: str, run_dir: Path, resume: bool, overrides: dict[str, Any] | None = None
-) -> tuple[T, bool]:
-    """A training stage's config -> (config, resumed). A new run: `load_config`. On --resume of a run
-    folder that has its `config.yaml`: that file (the run's own settings, whatever the preset says
-    now) <- overrides, so a resumed run continues with what it started with."""
+) -> T:
+    """A training stage's config. A new run: `load_config`. On --resume of a run folder that has its
+    `config.yaml`: that file (the run's own settings, whatever the preset says now) <- overrides, so
+    a resumed run continues with what it started with."""
     saved = Path(run_dir) / "config.yaml"
     if not (resume and saved.exists()):
-        return load_config(cls, stage, preset, overrides), False
+        return load_config(cls, stage, preset, overrides)
     data = yaml.safe_load(saved.read_text()) or {}
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    return from_dict(cls, data, str(saved)), True
+    return from_dict(cls, data, str(saved))
 
 
 def dump_config(cfg: Any, path: Path) -> None:

@@ -419,7 +419,7 @@ def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, An
     if overrides.get("optim.batch_size") is not None:
         # An explicit --batch is exact (a resumed run's config has the scaling applied already).
         overrides = {**overrides, "data.scale_batch_by_mask": False}
-    cfg, _ = load_run_config(CotrainConfig, STAGE, preset, out, resume, overrides)
+    cfg = load_run_config(CotrainConfig, STAGE, preset, out, resume, overrides)
     check_config(cfg)
     scale_batch_for_mask(cfg)
     if cfg.init == INIT_NONE and cfg.model.num_views > 1 and cfg.model.mask_rate > 0 and cfg.loss.lambda_js > 10:

@@ -159,7 +159,7 @@ def resolve_config(
     preset: str, out: Path, resume: bool, data: list[Path] | None, overrides: dict[str, Any]
 ) -> PretrainMAEConfig:
     """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    cfg, _ = load_run_config(PretrainMAEConfig, STAGE, preset, out, resume, overrides)
+    cfg = load_run_config(PretrainMAEConfig, STAGE, preset, out, resume, overrides)
     if data:
         cfg.data = [str(p) for p in data]
     return cfg

@@ -207,7 +207,7 @@ def check_config(cfg: TrainMTLConfig) -> None:
 
 def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, Any]) -> TrainMTLConfig:
     """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    cfg, _ = load_run_config(TrainMTLConfig, STAGE, preset, out, resume, overrides)
+    cfg = load_run_config(TrainMTLConfig, STAGE, preset, out, resume, overrides)
     full_lr_from_scratch(cfg)
     check_config(cfg)
     return cfg
