@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from abaw_cli.atomic import atomic_write_text
+
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -119,7 +121,4 @@ def load_run_config(
 
 def dump_config(cfg: Any, path: Path) -> None:
     """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from abaw_cli import labels
+from abaw_cli.atomic import atomic_open, atomic_path, atomic_write_text
 from abaw_cli.data.formats import (
     FormatError,
     LSDSamples,
     MTLAnnotations,
     PredictionTableWriter,
-    atomic_write_text,
     prediction_columns,
     prediction_image_key,
     prediction_table_task,
@@ -358,3 +358,23 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "x.json"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as fh:
+            fh.write("half")
+            raise RuntimeError("writer died")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    # A writer that needs a file name with the target's container suffix (OpenCV video).
+    with atomic_path(tmp_path / "v.mp4", suffix=".mp4") as tmp:
+        assert tmp.name.endswith(".mp4") and tmp.name.startswith(".") and tmp.parent == tmp_path
+        tmp.write_bytes(b"video")
+    assert (tmp_path / "v.mp4").read_bytes() == b"video"
+    # Default temporary names do not end in the target's suffix: a `*.json` glob sees finished files only.
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+        assert not tmp.name.endswith(".json")
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["x.json"]

@@ -12,8 +12,7 @@ Formats handled here, and nowhere else:
   `prediction_columns`).
 
 Every reader refuses a bad file with a `FormatError` that names the file, the line and the reason.
-Every writer writes a temporary file next to the target and renames it, so no half-written file
-is ever left under the final name.
+Every writer goes through `abaw_cli.atomic`, so no half-written file is ever left under the final name.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,10 +29,11 @@ from typing import IO, Any
 import numpy as np
 
 from abaw_cli import labels
+from abaw_cli.atomic import AtomicWriter, PendingFile, atomic_open
+from abaw_cli.image_files import is_image_file, list_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # How many offending items an error message lists before it says "...".
 _SHOW_FIRST = 5
 
@@ -48,35 +47,6 @@ class FormatError(ValueError):
         self.reason = reason
         where = f"{self.path}:{line}" if line is not None else f"{self.path}"
         super().__init__(f"{where}: {reason}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writing
-# ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file next to `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if "b" not in mode:
-        kwargs.setdefault("encoding", "utf-8")
-        kwargs.setdefault("newline", "")
-    try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_open(path, "w") as fh:
-        fh.write(text)
-    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +411,7 @@ def read_mtl_submission(path: str | os.PathLike) -> MTLAnnotations:
 
 
 def _looks_like_image(field_text: str) -> bool:
-    return field_text.strip().lower().endswith(IMAGE_EXTENSIONS)
+    return is_image_file(field_text.strip())
 
 
 def read_test_list(path: str | os.PathLike) -> list[str]:
@@ -559,22 +529,6 @@ class LSDSamples:
         ]
 
 
-def _image_files_under(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        with os.scandir(current) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(Path(entry.path))
-    return sorted(found)
-
-
 def scan_lsd_folders(root: str | os.PathLike) -> LSDSamples:
     """All images of an LSD class-folder tree `<root>/<CLASS>/**.{jpg,jpeg,png}`.
 
@@ -594,7 +548,7 @@ def scan_lsd_folders(root: str | os.PathLike) -> LSDSamples:
             raise FormatError(folder, None, str(err)) from None
         if index in by_class:
             log.warning("%s: several folders map to class %s; merging them", root, labels.LSD_CLASSES[index])
-        by_class.setdefault(index, []).extend(_image_files_under(folder))
+        by_class.setdefault(index, []).extend(list_images(folder))
     missing = [labels.LSD_CLASSES[i] for i in range(labels.NUM_LSD_CLASSES) if i not in by_class]
     if missing:
         raise FormatError(
@@ -687,21 +641,6 @@ def _format_cell(value: Any) -> str:
     return str(value)
 
 
-class AtomicWriter:
-    """Context-manager rule for writers that build a temporary file: on success `close()` moves
-    it into place, on an error `abort()` drops it, so a reader never sees a half-written output.
-    Subclasses define close() and abort()."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
 class PredictionTableWriter(AtomicWriter):
     """Streams prediction rows to CSV; the file appears under `path` only on a clean close.
 
@@ -718,9 +657,8 @@ class PredictionTableWriter(AtomicWriter):
         if len(set(self.columns)) != len(self.columns):
             raise ValueError(f"duplicate column names in {self.columns}")
         self._known = set(self.columns)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._fh: IO[str] | None = open(self._tmp, "w", encoding="utf-8", newline="")
+        self._pending = PendingFile(self.path)
+        self._fh: IO[str] | None = open(self._pending.tmp, "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(self.columns)
         self.rows_written = 0
@@ -739,7 +677,7 @@ class PredictionTableWriter(AtomicWriter):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-            os.replace(self._tmp, self.path)
+            self._pending.commit()
         return self.path
 
     def abort(self) -> None:
@@ -747,8 +685,7 @@ class PredictionTableWriter(AtomicWriter):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tmp.exists():
-            self._tmp.unlink()
+        self._pending.abort()
 
 
 
@@ -796,7 +733,7 @@ def read_prediction_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 __all__ = [
-    "FormatError", "IMAGE_EXTENSIONS", "atomic_open", "atomic_write_text",
+    "FormatError",
     "MTLAnnotations", "read_mtl_annotations", "write_mtl_annotations",
     "read_mtl_submission", "write_mtl_submission", "read_test_list",
     "write_lsd_submission", "read_lsd_submission", "LSDSamples", "scan_lsd_folders",

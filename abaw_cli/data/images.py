@@ -1,4 +1,4 @@
-"""Unlabelled face images for MAE pretraining: from folders or manifests, with MAE's augmentation.
+"""Unlabeled face images for MAE pretraining: from folders or manifests, with MAE's augmentation.
 
 Sources (any mix, in the order given; duplicates are kept once):
 - a folder: every image below it, recursively (crop-faces output, the demo pool, CelebA-like
@@ -10,7 +10,7 @@ Sources (any mix, in the order given; duplicates are kept once):
 
 Items are float32 RGB tensors in [0, 1], (3, S, S): RandomResizedCrop(S, scale 0.2-1.0, bicubic)
 + horizontal flip for training (MAE's pretraining augmentation); a plain resize for display.
-Image decoding and folder listing are the ones in `data.lsd` (read_rgb, list_face_images).
+Image decoding and folder listing are the project's one pair (`abaw_cli.image_files`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from abaw_cli.data.lsd import IMAGE_SUFFIXES, list_face_images, read_rgb
+from abaw_cli.image_files import IMAGE_EXTENSIONS, is_image_file, list_images, read_rgb
 from abaw_cli.faces.manifest import FACES_COLUMNS
 
 _PATH_COLUMNS = ("crop", "image", "path")
@@ -77,24 +77,19 @@ def find_images(sources: Sequence[str | Path]) -> list[Path]:
     seen: dict[Path, None] = {}
     for src in map(Path, sources):
         if src.is_dir():
-            try:
-                found = list_face_images(src)
-            except ValueError as exc:
-                raise ImageSourceError(str(exc)) from exc
-            # hidden folders hold work in progress (e.g. crop-faces' .crop-faces/partial/)
-            found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(src).parts)]
+            found = list_images(src)
             if not found:
-                raise ImageSourceError(f"{src}: no images outside hidden folders")
+                raise ImageSourceError(f"{src}: no images in it or below it (hidden folders are skipped)")
         elif src.is_file() and src.suffix.lower() == ".csv":
             found = _from_csv(src)
         elif src.is_file() and src.suffix.lower() == ".txt":
             found = _from_list(src)
-        elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+        elif src.is_file() and is_image_file(src):
             found = [src]
         elif not src.exists():
             raise ImageSourceError(f"{src}: no such folder or file")
         else:
-            raise ImageSourceError(f"{src}: not a folder, a .csv/.txt manifest or an image ({', '.join(IMAGE_SUFFIXES)})")
+            raise ImageSourceError(f"{src}: not a folder, a .csv/.txt manifest or an image ({' '.join(sorted(IMAGE_EXTENSIONS))})")
         seen.update(dict.fromkeys(found))
     return list(seen)
 
@@ -113,7 +108,7 @@ def display_transform(size: int) -> v2.Transform:
 
 
 class FaceImages(Dataset):
-    """Unlabelled face images -> float [0, 1] tensors (3, size, size)."""
+    """Unlabeled face images -> float [0, 1] tensors (3, size, size)."""
 
     def __init__(self, paths: Sequence[str | Path], size: int, train: bool = True):
         self.paths = [str(p) for p in paths]

@@ -1,5 +1,5 @@
 """Datasets for the LSD task: labelled synthetic faces, labelled real validation faces, and
-(optionally) unlabelled real faces for co-training.
+(optionally) unlabeled real faces for co-training.
 
 Every item is a float32 RGB tensor in [0, 1] of shape (3, S, S), S = the model's input size; the
 model normalises inside itself (see CONTRACTS: a checkpoint alone says how to preprocess).
@@ -20,35 +20,20 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from abaw_cli.data.formats import IMAGE_EXTENSIONS
+from abaw_cli.image_files import read_rgb
 from abaw_cli.labels import LSD_CLASSES, NUM_LSD_CLASSES
 
 log = logging.getLogger(__name__)
 
 BALANCE_CHOICES = ("sampler", "weights", "none")
-IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the one list of image file types (data.formats)
 # Masked CoTEX's train-time resize before the random crop: 228 for a 224 input.
 TRAIN_RESIZE_RATIO = 228 / 224
-
-
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """uint8 RGB tensor (3, H, W) of an image file; a file that cannot be decoded is named in the error.
-
-    OpenCV decodes (torchvision's decoders are deprecated since 0.29); grey and BGRA files come out RGB.
-    """
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: cannot read image (no such file)")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: cannot read image (not a decodable image)")
-    return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
 
 
 def train_transform(input_size: int) -> v2.Transform:
@@ -86,18 +71,7 @@ class LabelledFaces(Dataset):
         return self.transform(read_rgb(self.paths[index])), int(self.labels[index])
 
 
-def list_face_images(root: str | Path) -> list[Path]:
-    """All images under `root` (recursively, sorted), e.g. crop-faces output or a face pool."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: not a folder of face images")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found in it or below it")
-    return paths
-
-
-class UnlabelledFaces(Dataset):
+class UnlabeledFaces(Dataset):
     """Images without labels (real faces for co-training)."""
 
     def __init__(self, paths: Sequence[str | Path], transform: v2.Transform):
@@ -111,20 +85,20 @@ class UnlabelledFaces(Dataset):
         return self.transform(read_rgb(self.paths[index]))
 
 
-class LabelledWithUnlabelled(Dataset):
-    """Labelled item `index` plus one unlabelled image drawn uniformly at random.
+class LabelledWithUnlabeled(Dataset):
+    """Labelled item `index` plus one unlabeled image drawn uniformly at random.
 
     Pairing inside one dataset keeps a single loader (and a single sampler: class balancing,
     DistributedSampler sharding and exact resume all apply unchanged): every training batch then
-    holds B labelled and B unlabelled faces. The draw uses torch's RNG, the same generator the
+    holds B labelled and B unlabeled faces. The draw uses torch's RNG, the same generator the
     random crops and flips use, so it is seeded and restored with them.
     """
 
-    def __init__(self, labelled: LabelledFaces, unlabelled: UnlabelledFaces):
-        if len(unlabelled) == 0:
-            raise ValueError("the unlabelled set is empty")
+    def __init__(self, labelled: LabelledFaces, unlabeled: UnlabeledFaces):
+        if len(unlabeled) == 0:
+            raise ValueError("the unlabeled set is empty")
         self.labelled = labelled
-        self.unlabelled = unlabelled
+        self.unlabeled = unlabeled
 
     @property
     def labels(self) -> np.ndarray:
@@ -135,8 +109,8 @@ class LabelledWithUnlabelled(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         image, label = self.labelled[index]
-        other = int(torch.randint(len(self.unlabelled), ()).item())
-        return image, label, self.unlabelled[other]
+        other = int(torch.randint(len(self.unlabeled), ()).item())
+        return image, label, self.unlabeled[other]
 
 
 def class_counts(labels: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
 from abaw_cli.data.formats import MTLAnnotations
 from abaw_cli.data.manifest import check_dataset
+from abaw_cli.image_files import open_rgb
 from abaw_cli.labels import MISSING_EXPRESSION, NUM_EXPRESSIONS
 
 MANIFEST = "s-aff-wild2-mtl"  # data_manifests/s-aff-wild2-mtl.yaml
@@ -80,9 +80,7 @@ class MTLDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(self.image_dir / self.images[index]) as im:
-            image = self.transform(im.convert("RGB"))
-        return image, self.targets[index]
+        return self.transform(open_rgb(self.image_dir / self.images[index])), self.targets[index]
 
 
 def class_balanced_weights(expression: np.ndarray) -> torch.Tensor:

@@ -19,10 +19,10 @@ Columns (FACES_COLUMNS):
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Iterable
 
+from abaw_cli.atomic import atomic_open
 from abaw_cli.faces.detector import LANDMARK_NAMES
 from abaw_cli.faces.stream import Face, FrameFaces
 
@@ -68,19 +68,13 @@ def face_row(source_name: str, ff: FrameFaces, face: Face | None, crop: str = ""
 
 def write_rows(path: Path, rows: Iterable[dict[str, str]]) -> int:
     """Write a faces table atomically (temporary file + rename); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", fsync=True) as f:
         writer = csv.DictWriter(f, fieldnames=FACES_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
             n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return n
 
 

@@ -24,14 +24,13 @@ from typing import Iterable, Literal
 
 import cv2
 
+from abaw_cli.image_files import is_image_file
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .avi .mov .qt .flv .f4v .mkv .webm .wmv .asf .mpg .mpeg .m2v .ts .mts .m2ts .3gp .3g2 "
     ".ogv .mxf .vob .dv .y4m .gif".split()
-)
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .png .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .pxm .jp2 .sr .ras .exr .hdr .pic".split()
 )
 LIST_EXTENSIONS = frozenset(".txt .lst .list".split())
 
@@ -70,10 +69,6 @@ def natural_key(path: Path) -> list:
 def _safe_name(text: str) -> str:
     name = re.sub(r"[^\w.+-]+", "_", text).strip("._")
     return name or "source"
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def is_video_file(path: Path) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from abaw_cli.data.formats import AtomicWriter
+from abaw_cli.atomic import AtomicWriter, PendingFile
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
 
@@ -99,11 +99,10 @@ class OverlayWriter(AtomicWriter):
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Keep the real suffix last: OpenCV picks the container from it.
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}{self.path.suffix or '.mp4'}")
+        # OpenCV picks the container from the suffix: the temporary name keeps it.
+        self._file = PendingFile(self.path, suffix=self.path.suffix or ".mp4")
         self.size = (int(size[0]), int(size[1]))
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps) or 25.0, self.size)
+        self._writer = cv2.VideoWriter(str(self._file.tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps) or 25.0, self.size)
         if not self._writer.isOpened():
             raise OSError(f"{self.path}: OpenCV cannot open an mp4v video writer here")
         self.frames = 0
@@ -116,10 +115,10 @@ class OverlayWriter(AtomicWriter):
 
     def close(self) -> Path:
         self._writer.release()
-        self._tmp.replace(self.path)
+        self._file.commit()
         return self.path
 
     def abort(self) -> None:
         self._writer.release()
-        self._tmp.unlink(missing_ok=True)
+        self._file.abort()
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from abaw_cli.data.formats import PREDICTION_TEXT_COLUMNS, AtomicWriter, PredictionTableWriter, prediction_columns
+from abaw_cli.atomic import AtomicWriter, PendingFile
+from abaw_cli.data.formats import PREDICTION_TEXT_COLUMNS, PredictionTableWriter, prediction_columns
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
@@ -55,9 +56,8 @@ class ParquetTableWriter(AtomicWriter):
         self._schema = pa.schema(
             [(c, pa.string() if c in PREDICTION_TEXT_COLUMNS else pa.float64()) for c in self.columns]
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._writer = pq.ParquetWriter(str(self._tmp), self._schema)
+        self._file = PendingFile(self.path)
+        self._writer = pq.ParquetWriter(str(self._file.tmp), self._schema)
         self._group_rows = group_rows
         self._pending: list[dict[str, Any]] = []
         self.rows_written = 0
@@ -89,14 +89,14 @@ class ParquetTableWriter(AtomicWriter):
             self._flush()
             self._writer.close()
             self._writer = None
-            os.replace(self._tmp, self.path)
+            self._file.commit()
         return self.path
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        self._file.abort()
 
 
 

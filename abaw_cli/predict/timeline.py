@@ -47,14 +47,10 @@ class TimelineRecorder:
         return np.asarray(self._times, np.float64), values
 
     def save(self, path: str | os.PathLike, title: str = "") -> Path:
-        """Write the PNG (temporary name, then rename)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Write the figure (atomically; the format follows the suffix, PNG by default)."""
+        from abaw_cli.plots import plt, save_figure  # matplotlib only when a plot is asked for
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         times, values = self.series()
         n_panels = 2 if self.space.has_va else 1
         fig, axes = plt.subplots(n_panels, 1, figsize=(11, 3.2 * n_panels), sharex=True, squeeze=False)
@@ -82,11 +78,4 @@ class TimelineRecorder:
         suffix = f" (track {track})" if track is not None else " (no face found)"
         fig.suptitle((title or "predictions") + suffix)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix or '.png'}")
-        try:
-            fig.savefig(tmp, dpi=110)
-            tmp.replace(path)
-        finally:
-            plt.close(fig)
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_figure(fig, path, dpi=110, tight=False)

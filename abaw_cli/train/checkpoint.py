@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from abaw_cli.atomic import atomic_open
+
 FORMAT = "abaw-checkpoint"
 VERSION = 1
 KINDS = ("mae", "mtl", "cotrain")
@@ -40,27 +42,20 @@ class CheckpointWriteError(OSError):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary name in the same folder, fsync, then rename: never half a file."""
+    """torch.save through atomic.atomic_open, fsynced: never half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A writer killed mid-write (SIGKILL, power loss) leaves its temporary file: the next write of the
     # same file clears it (one process writes a given checkpoint, so none of these is in flight).
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb", fsync=True) as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
     except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
         code = exc.errno if isinstance(exc, OSError) else None
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
         raise CheckpointWriteError(code, f"could not write the checkpoint (disk full or file-size limit?): {detail}", str(path)) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from abaw_cli.data.formats import MTLAnnotations, atomic_open
-from abaw_cli.labels import EXPRESSIONS, LSD_CLASSES, lsd_class_index
+from abaw_cli.atomic import atomic_open
+from abaw_cli.data.formats import MTLAnnotations, scan_lsd_folders
+from abaw_cli.image_files import list_images
+from abaw_cli.labels import EXPRESSIONS, LSD_CLASSES
 
 CELL = 112
 LABEL_W = 130
@@ -84,15 +86,14 @@ def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> 
     written.append(out / "mtl.png")
     for folder, key, title in (("training_set_synthetic_images", "lsd_synthetic", "LSD synthetic training style"),
                                ("validation_set_real_images", "lsd_real", "LSD 'real' validation style")):
-        by_class: dict[str, list[Path]] = {c: [] for c in LSD_CLASSES}
-        for sub in sorted((root / "lsd" / folder).iterdir()):
-            by_class[LSD_CLASSES[lsd_class_index(sub.name)]] += sorted(sub.glob("*.jpg"))
+        samples = scan_lsd_folders(root / "lsd" / folder)
+        by_class = {c: [p for p, y in zip(samples.paths, samples.labels) if y == i] for i, c in enumerate(LSD_CLASSES)}
         sheet = _grid([(c, _spread(p, PER_ROW)) for c, p in by_class.items()], title)
         _save_png(out / f"{key}.png", sheet)
         written.append(out / f"{key}.png")
-    pool = sorted((root / "pool").rglob("*.jpg"))
+    pool = list_images(root / "pool")
     chunks = _spread(pool, PER_ROW * 6)
     rows = [("", chunks[i:i + PER_ROW]) for i in range(0, len(chunks), PER_ROW)]
-    _save_png(out / "pool.png", _grid(rows, "Unlabelled pool (MAE pretraining)", label_w=0))
+    _save_png(out / "pool.png", _grid(rows, "Unlabeled pool (MAE pretraining)", label_w=0))
     written.append(out / "pool.png")
     return written

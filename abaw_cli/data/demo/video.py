@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from abaw_cli.atomic import PendingFile, atomic_open
 from abaw_cli.data.demo.face_render import random_identity, render_person
 from abaw_cli.data.demo.plans import Deck, make_timeline, smooth_noise
 from abaw_cli.data.demo.scenes import clutter, look_lut, random_light, random_look
@@ -44,10 +44,10 @@ def render_video(path: Path, seed: tuple[int, ...], seconds: float) -> int:
     cx = margin_x + np.clip(ux, 0, 1) * (WIDTH - 2 * margin_x)
     cy = margin_y + np.clip(uy, 0, 1) * (HEIGHT - 2 * margin_y)
 
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), FPS, (WIDTH, HEIGHT))
+    video = PendingFile(path, suffix=".mp4")  # OpenCV picks the container from the suffix
+    writer = cv2.VideoWriter(str(video.tmp), cv2.VideoWriter_fourcc(*FOURCC), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {FOURCC} video to {tmp}")
+        raise RuntimeError(f"OpenCV cannot write {FOURCC} video to {video.tmp}")
     rows = []
     au_lab = tl.au_labels()
     try:
@@ -79,14 +79,14 @@ def render_video(path: Path, seed: tuple[int, ...], seconds: float) -> int:
             box = box + np.array([x0, y0, x0, y0], np.float32)
             rows.append([i, f"{i / FPS:.2f}", *(f"{v:.1f}" for v in box), f"{tl.va[i, 0]:.3f}", f"{tl.va[i, 1]:.3f}",
                          int(tl.expression[i]), *(int(v) for v in au_lab[i])])
-    finally:
+    except BaseException:
         writer.release()
-    os.replace(tmp, path)
-    csv_path = path.with_suffix(".csv")
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp-{os.getpid()}")
-    with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
+        video.abort()
+        raise
+    writer.release()
+    video.commit()
+    with atomic_open(path.with_suffix(".csv"), "w") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(TRUTH_HEADER)
         w.writerows(rows)
-    os.replace(tmp_csv, csv_path)
     return n
