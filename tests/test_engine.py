@@ -14,20 +14,15 @@ import torch
 
 from abaw_cli.config import load_config
 from abaw_cli.data.images import find_images
-from abaw_cli.stages.pretrain_mae import MAETask, PretrainMAEConfig
 from abaw_cli.train.checkpoint import load_checkpoint
 from abaw_cli.train.distributed import EpochSampler
-from abaw_cli.train.engine import Engine, EngineError, NonFiniteLossError
+from abaw_cli.train.engine import Engine, EngineError, NonFiniteLossError, Schedule
+from abaw_cli.train.mae import MAETask, PretrainMAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +100,7 @@ def test_torchrun_two_processes_match_one(faces, demo_root, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from abaw_cli.stages.pretrain_mae import pretrain_mae
+        from abaw_cli.train.mae import pretrain_mae
         pretrain_mae([Path({str(demo_root / "pool")!r})], Path(sys.argv[1]), "test-tiny",
                      overrides={{"optim.max_steps": 5, "optim.batch_size": 4, "optim.device": "cpu"}})
     """))
@@ -179,8 +174,7 @@ def test_best_checkpoint_and_run_folder_refusals(faces, tmp_path):
         run(tiny_cfg(batch_size=len(faces) + 1), faces, tmp_path / "small")
 
 
-def test_lr_scales_with_the_effective_batch(faces, tmp_path):
-    engine = Engine(tiny_cfg(batch_size=8, accum_steps=4).optim, MAETask(tiny_cfg(), faces), tmp_path)
-    plan = engine._plan(n_items=1000, world=2)
-    assert plan["global_batch"] == 64 and plan["steps_per_epoch"] == 15
-    assert plan["lr"] == pytest.approx(6.4e-2 * 64 / 256)
+def test_lr_scales_with_the_effective_batch():
+    plan = Schedule.plan(tiny_cfg(batch_size=8, accum_steps=4).optim, n_items=1000, world=2)
+    assert plan.global_batch == 64 and plan.steps_per_epoch == 15
+    assert plan.lr == pytest.approx(6.4e-2 * 64 / 256)

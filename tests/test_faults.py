@@ -120,3 +120,69 @@ def test_output_folder_that_cannot_be_created_is_a_clear_error(faces24, tmp_path
     assert "cannot write" in message and "a_file" in message, message[-1500:]
     assert "Traceback" not in res.stderr
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.fixture()
+def faces_with_a_corrupt_one(faces24, tmp_path) -> tuple[Path, Path]:
+    folder = tmp_path / "faces"
+    shutil.copytree(faces24, folder)
+    bad = folder / "007.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG any more")
+    return folder, bad
+
+
+def test_a_corrupt_image_is_skipped_named_and_counted(faces_with_a_corrupt_one, tmp_path, caplog):
+    from abaw_cli.train.mae import pretrain_mae
+
+    folder, bad = faces_with_a_corrupt_one
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        result = pretrain_mae([folder], run, "test-tiny", overrides={
+            "optim.epochs": 2, "optim.device": "cpu", "optim.max_unreadable_share": 0.05})
+    assert result.unreadable == [str(bad)]
+    assert str(bad) in caplog.text and "unreadable" in caplog.text
+    assert caplog.text.count(str(bad)) == 1  # named once, not at every draw
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["unreadable_images"] == 1 and all(r["unreadable_images"] <= 1 for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["unreadable_images"]["count"] == 1 and str(bad) in metrics["unreadable_images"]["paths"]
+    assert metrics["epochs_done"] == 2  # the run went on
+
+
+def test_too_many_unreadable_images_stop_the_run_naming_them(faces_with_a_corrupt_one, tmp_path):
+    folder, bad = faces_with_a_corrupt_one
+    # 1 of 24 is 4%, more than the default 0.1%: the run stops at the step that meets it, exit 2.
+    res = subprocess.run(pretrain_cmd(folder, tmp_path / "run"), env=child_env(), capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr[-2000:]
+    message = " ".join(res.stdout.split() + res.stderr.split())
+    assert "1 of 24 training images are unreadable" in message and "007.jpg" in message, message[-1500:]
+    assert "Traceback" not in res.stderr
+
+
+def test_check_images_decodes_everything_before_training(faces_with_a_corrupt_one, tmp_path):
+    from abaw_cli.image_files import check_images
+
+    folder, bad = faces_with_a_corrupt_one
+    truncated = folder / "011.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])  # OpenCV would fill the rest with grey; PIL refuses
+    problems = check_images(sorted(folder.iterdir()))
+    assert [p for p, _ in problems] == [str(bad), str(truncated)]
+    run = tmp_path / "run"
+    res = subprocess.run(pretrain_cmd(folder, run, "--check-images"), env=child_env(), capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr[-2000:]
+    message = " ".join(res.stdout.split() + res.stderr.split())
+    assert "22 of 24 images decode" in message and "2 of 24 training images are unreadable" in message, message[-1500:]
+    assert not (run / "checkpoint-last.pt").exists()  # stopped before the first step
+
+
+@pytest.mark.parametrize(("stage", "path"), [("train-mtl", "x[old]/nope"), ("cotrain", "x[/x]/nope")])
+def test_errors_print_paths_verbatim(stage, path, tmp_path):
+    from typer.testing import CliRunner
+
+    from abaw_cli.cli import app
+
+    missing = tmp_path / path
+    result = CliRunner().invoke(app, [stage, "--data", str(missing), "--out", str(tmp_path / "run"), "--preset", "test-tiny"])
+    assert result.exit_code == 2, result.output
+    assert str(missing) in result.output, result.output
+    assert "Traceback" not in result.output

@@ -1,50 +1,108 @@
-"""What the three training stages (pretrain-mae, train-mtl, cotrain) do the same way: the preset
-check, the shared optimiser overrides, and how failures become exit codes and messages."""
+"""What the stages' command lines share: the training options (declared once, here), the preset
+check, and how failures become exit codes and messages."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from abaw_cli.config import available_presets
+from abaw_cli.options import (
+    AccumOption,
+    BatchOption,
+    DeviceOption,
+    EpochsOption,
+    LrOption,
+    MaxStepsOption,
+    PresetOption,
+    ResumeOption,
+    RunSeedOption,
+    WorkersOption,
+)
 from abaw_cli.progress import console
 from abaw_cli.train.engine import NonFiniteLossError
-
-log = logging.getLogger(__name__)
 
 # Exit codes: 2 = bad input or an output that cannot be written (nothing was half-written);
 # 1 = the run itself failed (a non-finite loss; the last good checkpoint is kept).
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
-# --init value of train-mtl and cotrain for a randomly initialised ViT.
-INIT_NONE = "none"
+
+CheckImagesOption = Annotated[bool, typer.Option(
+    "--check-images",
+    help="Decode every training image before training starts and report the unreadable ones (a run skips a few; "
+         "more than 0.1% stops it).",
+)]
 
 
-def full_lr_from_scratch(cfg) -> None:
-    """With --init none there is nothing pretrained for layer-wise lr decay to preserve: every layer
-    must learn, so the decay goes to 1.0 (`cfg` has `.init` and `.optim.layer_decay`)."""
-    if cfg.init == INIT_NONE and cfg.optim.layer_decay < 1.0:
-        log.info("--init none: layer-wise lr decay %.2f -> 1.0 (nothing pretrained to preserve)", cfg.optim.layer_decay)
-        cfg.optim.layer_decay = 1.0
+@dataclass
+class TrainingOptions:
+    """The options every training stage (pretrain-mae, train-mtl, cotrain) takes."""
+
+    preset: str = "cpu-small"
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch: int | None = None
+    accum: int | None = None
+    lr: float | None = None
+    workers: int | None = None
+    resume: bool = False
+    device: str = "auto"
+    seed: int | None = None
+    check_images: bool = False
+
+    def overrides(self) -> dict:
+        """The `optim.*` config overrides (None = the preset's, or on --resume the run's)."""
+        return {
+            "optim.epochs": self.epochs, "optim.max_steps": self.max_steps, "optim.batch_size": self.batch,
+            "optim.accum_steps": self.accum, "optim.lr": self.lr, "optim.num_workers": self.workers,
+            "optim.seed": self.seed,
+            # On --resume the run's own device stands unless one is asked for explicitly.
+            "optim.device": self.device if self.device != "auto" or not self.resume else None,
+        }
+
+
+_OPTION_TYPES = {
+    "preset": PresetOption, "epochs": EpochsOption, "max_steps": MaxStepsOption, "batch": BatchOption,
+    "accum": AccumOption, "lr": LrOption, "workers": WorkersOption, "resume": ResumeOption,
+    "device": DeviceOption, "seed": RunSeedOption, "check_images": CheckImagesOption,
+}
+_SHARED_PARAMETERS = [
+    inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_OPTION_TYPES[f.name], default=f.default)
+    for f in fields(TrainingOptions)
+]
+
+
+def training_command(stage: str) -> Callable[[Callable], Callable]:
+    """Decorate a training stage's command function: Typer sees its own options plus the shared
+    ones; the function receives those as `training: TrainingOptions` (preset already checked)."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "training"]
+
+        @functools.wraps(command)
+        def with_training_options(**kwargs):
+            training = TrainingOptions(**{p.name: kwargs.pop(p.name) for p in _SHARED_PARAMETERS})
+            check_preset(stage, training.preset)
+            return command(**kwargs, training=training)
+
+        with_training_options.__signature__ = signature.replace(parameters=own + _SHARED_PARAMETERS)
+        return with_training_options
+
+    return decorate
 
 
 def check_preset(stage: str, preset: str) -> None:
     if preset not in available_presets(stage):
         raise typer.BadParameter(f"no preset {preset!r}; available: {', '.join(available_presets(stage))}", param_hint="--preset")
-
-
-def optim_overrides(*, epochs, max_steps, batch, accum, lr, workers, seed, device: str, resume: bool) -> dict:
-    """The `optim.*` overrides every training stage takes from its command line (None = the preset's)."""
-    return {
-        "optim.epochs": epochs, "optim.max_steps": max_steps, "optim.batch_size": batch, "optim.accum_steps": accum,
-        "optim.lr": lr, "optim.num_workers": workers, "optim.seed": seed,
-        # On --resume the run's own device stands unless one is asked for explicitly.
-        "optim.device": device if device != "auto" or not resume else None,
-    }
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -59,17 +117,23 @@ def describe_os_error(exc: OSError) -> str:
     return f"cannot write or read{where}: {hint}. Files written before this point are intact (all outputs are written to a temporary name, then renamed)."
 
 
+def print_error(label: str, message: str) -> None:
+    """`label: message` on stderr, the message verbatim: paths like `x[old]` are not rich markup,
+    and a long path is not broken across lines."""
+    console.print(Text.assemble((f"{label}: ", "red"), message), soft_wrap=True, highlight=False)
+
+
 @contextlib.contextmanager
 def stage_errors(*user_errors: type[BaseException]) -> Iterator[None]:
     """Turn the expected failures of a stage into one clear line and an exit code, not a traceback."""
     try:
         yield
     except NonFiniteLossError as exc:
-        console.print(f"[red]stopped:[/red] {exc}")
+        print_error("stopped", str(exc))
         raise typer.Exit(code=EXIT_RUN_FAILED) from exc
     except user_errors as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error("error", str(exc))
         raise typer.Exit(code=EXIT_BAD_INPUT) from exc
     except OSError as exc:
-        console.print(f"[red]error:[/red] {describe_os_error(exc)}")
+        print_error("error", describe_os_error(exc))
         raise typer.Exit(code=EXIT_BAD_INPUT) from exc
