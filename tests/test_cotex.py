@@ -7,21 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from abaw_cli.labels import LSD_CLASSES
-from abaw_cli.models.cotex import MaskedCoTEX, build_masked_cotex, vit_config
+from abaw_cli.models.cotex import MaskedCoTEX, build_masked_cotex
 from abaw_cli.models.registry import build_model, load_model
 from abaw_cli.train.checkpoint import make_checkpoint, save_atomic
 from abaw_cli.train.losses import js_divergence
 
-MICRO = {"vit": vit_config("micro", 32, 8, 0.0), "num_views": 2, "classes": list(LSD_CLASSES), "mask_rate": 0.5}
+MICRO_VIT = {"size": "micro", "input_size": 32, "patch_size": 8, "drop_path": 0.0, "embed_dim": 64, "depth": 2, "num_heads": 2}
+MICRO = {"vit": MICRO_VIT, "num_views": 2, "classes": list(LSD_CLASSES), "mask_ratio": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Micro models are faster on one thread, and far faster when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_model(seed: int = 0) -> MaskedCoTEX:
@@ -154,11 +149,11 @@ def test_layer_decay_groups_treat_both_views_alike():
 
 
 def test_single_view_model_is_the_unmasked_baseline():
-    model = build_model("cotrain", {**MICRO, "num_views": 1, "mask_rate": 0.0}).train()
+    model = build_model("cotrain", {**MICRO, "num_views": 1, "mask_ratio": 0.0}).train()
     x = torch.rand(2, 3, 32, 32)
     out = model.forward_views(x)
     assert out.logits.shape == (1, 2, len(LSD_CLASSES)) and out.masks is None
     with pytest.raises(ValueError):
-        MaskedCoTEX([], mask_rate=0.5)
+        MaskedCoTEX([], mask_ratio=0.5)
     with pytest.raises(ValueError):
-        build_model("cotrain", {**MICRO, "mask_rate": 1.0})
+        build_model("cotrain", {**MICRO, "mask_ratio": 1.0})

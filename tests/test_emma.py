@@ -11,15 +11,15 @@ from abaw_cli.models.emma import (
     EXPRESSION_SLICE,
     VA_SLICE,
     build_emma,
-    build_encoder,
     emma_model_config,
     split_outputs,
 )
 from abaw_cli.models.priors import build_prior
 from abaw_cli.models.registry import build_model
+from abaw_cli.models.vit import vit_from_config
 from abaw_cli.train.engine import TrainConfig, default_param_groups
 
-MICRO_VIT = {"size": "micro", "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "drop_path": 0.1}
+MICRO_VIT = {"size": "micro", "input_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "drop_path": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def fer_prior():
 
 def _emma(prior, va_input="logits") -> EMMA:
     torch.manual_seed(0)
-    return EMMA(build_encoder(MICRO_VIT), prior, va_input=va_input)
+    return EMMA(vit_from_config(MICRO_VIT), prior, va_input=va_input)
 
 
 def test_output_layout_and_head_widths(fer_prior):
@@ -53,8 +53,8 @@ def test_output_layout_and_head_widths(fer_prior):
 
 
 def test_paper_head_is_768_512_20():
-    vit = {"size": "base", "img_size": 32, "patch_size": 16, "embed_dim": 768, "depth": 1, "num_heads": 12}
-    model = EMMA(build_encoder(vit), prior=None)
+    vit = {"size": "base", "input_size": 32, "patch_size": 16, "embed_dim": 768, "depth": 1, "num_heads": 12}
+    model = EMMA(vit_from_config(vit), prior=None)
     assert [m.weight.shape for m in model.expression_au_head if hasattr(m, "weight")] == [(512, 768), (20, 512)]
     assert model.valence_arousal_head[0].weight.shape == (256, 20)
 

@@ -43,7 +43,7 @@ def test_sincos_table_is_the_mae_layout():
 
 
 def test_vit_pos_embed_is_fixed_and_outside_the_optimiser():
-    vit = create_vit("micro", img_size=32, patch_size=8)
+    vit = create_vit("micro", input_size=32, patch_size=8)
     assert not vit.pos_embed.requires_grad
     assert torch.equal(vit.pos_embed, mae_sincos_pos_embed(64, (4, 4)))
     opt_params = {id(p) for g in param_groups_layer_decay(vit, 0.05, layer_decay=0.75) for p in g["params"]}
@@ -52,7 +52,7 @@ def test_vit_pos_embed_is_fixed_and_outside_the_optimiser():
 
 def test_encode_tokens_without_masking_equals_timm_forward_features():
     torch.manual_seed(0)
-    vit = create_vit("micro", img_size=32, patch_size=8).eval()
+    vit = create_vit("micro", input_size=32, patch_size=8).eval()
     x = torch.randn(3, 3, 32, 32)
     feats, mask, ids = encode_tokens(vit, x)
     assert mask is None and ids is None
@@ -61,7 +61,7 @@ def test_encode_tokens_without_masking_equals_timm_forward_features():
 
 def test_random_masking_keeps_a_quarter_and_restores_order():
     torch.manual_seed(0)
-    vit = create_vit("micro", img_size=32, patch_size=8)
+    vit = create_vit("micro", input_size=32, patch_size=8)
     tokens = patch_tokens(vit, torch.randn(2, 3, 32, 32))
     kept, mask, ids_restore, ids_keep = random_masking(tokens, 0.75)
     assert kept.shape == (2, 4, 64)
@@ -75,7 +75,7 @@ def test_random_masking_keeps_a_quarter_and_restores_order():
     feats, _, _ = encode_tokens(vit, torch.randn(2, 3, 32, 32), mask_ratio=0.75)
     assert feats.shape == (2, 1 + 4, 64)
     # pooled head on dropped tokens works (Masked CoTEX's view)
-    head_vit = create_vit("micro", img_size=32, patch_size=8, num_classes=6)
+    head_vit = create_vit("micro", input_size=32, patch_size=8, num_classes=6)
     assert head_vit.forward_head(encode_tokens(head_vit, torch.randn(2, 3, 32, 32), 0.5)[0]).shape == (2, 6)
 
 
@@ -90,42 +90,42 @@ def _public_style_file(vit: nn.Module) -> dict:
 
 def test_load_encoder_weights_drops_decoder_and_resizes_pos_embed(tmp_path):
     torch.manual_seed(1)
-    src = create_vit("micro", img_size=32, patch_size=8)
+    src = create_vit("micro", input_size=32, patch_size=8)
     path = tmp_path / "mae_full.pth"
     torch.save(_public_style_file(src), path)
 
-    same = create_vit("micro", img_size=32, patch_size=8, num_classes=6)
+    same = create_vit("micro", input_size=32, patch_size=8, num_classes=6)
     report = load_encoder_weights(same, path)
     assert {"mask_token", "decoder_embed.weight", "decoder_pos_embed"} <= set(report.ignored)
     assert report.missing == ["head.weight", "head.bias"]
     assert torch.equal(same.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
 
-    bigger = create_vit("micro", img_size=64, patch_size=8)  # 4x4 grid -> 8x8
+    bigger = create_vit("micro", input_size=64, patch_size=8)  # 4x4 grid -> 8x8
     report = load_encoder_weights(bigger, path)
     assert report.resized_pos_embed == ((4, 4), (8, 8))
     assert bigger.pos_embed.shape == (1, 65, 64) and torch.equal(bigger.cls_token, src.cls_token)
 
-    avg = create_vit("micro", img_size=32, patch_size=8, global_pool="avg")  # norm -> fc_norm, like MAE fine-tuning
+    avg = create_vit("micro", input_size=32, patch_size=8, global_pool="avg")  # norm -> fc_norm, like MAE fine-tuning
     report = load_encoder_weights(avg, path)
     assert {"norm.weight", "norm.bias"} <= set(report.ignored)
 
 
 def test_load_encoder_weights_refuses_missing_or_misshaped_keys(tmp_path):
-    src = create_vit("micro", img_size=32, patch_size=8)
+    src = create_vit("micro", input_size=32, patch_size=8)
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("blocks.1.")}
     with pytest.raises(EncoderLoadError, match="missing: blocks.1"):
-        load_encoder_weights(create_vit("micro", img_size=32, patch_size=8), {"model": state})
+        load_encoder_weights(create_vit("micro", input_size=32, patch_size=8), {"model": state})
     with pytest.raises(EncoderLoadError, match="shape mismatch"):
-        load_encoder_weights(create_vit("micro", img_size=32, patch_size=16), {"model": src.state_dict()})
+        load_encoder_weights(create_vit("micro", input_size=32, patch_size=16), {"model": src.state_dict()})
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(EncoderLoadError, match="junk.pth"):
         load_encoder_weights(src, tmp_path / "junk.pth")
 
 
 def test_encoder_spec_from_shapes():
-    vit = create_vit("micro", img_size=48, patch_size=16)
+    vit = create_vit("micro", input_size=48, patch_size=16)
     assert encoder_spec({"model": vit.state_dict()}) == {
-        "size": "micro", "img_size": 48, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2,
+        "size": "micro", "input_size": 48, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2,
     }
 
 
@@ -133,7 +133,7 @@ def test_group_matcher_gives_layer_decay_through_a_wrapper():
     class Wrapper(nn.Module):
         def __init__(self):
             super().__init__()
-            self.vit = create_vit("micro", img_size=32, patch_size=8)
+            self.vit = create_vit("micro", input_size=32, patch_size=8)
             self.head = nn.Linear(64, 3)
 
         def group_matcher(self, coarse: bool = False):

@@ -23,7 +23,7 @@ The VA loss flows back into the ViT through its logits (or features); never into
 
 model_config (plain dict in every checkpoint; the registry rebuilds the model from it alone, no
 encoder or prior file needed: the weights come from the checkpoint's state dict):
-    vit           {"size", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "drop_path"}
+    vit           {"size", "input_size", "patch_size", "embed_dim", "depth", "num_heads", "drop_path"}
     head_hidden   H
     va_hidden     256
     va_input      "logits" | "features"
@@ -42,7 +42,7 @@ from torch import nn
 from abaw_cli.labels import NUM_AUS, NUM_EXPRESSIONS
 from abaw_cli.models.priors import ExpressionPrior, prior_from_config
 from abaw_cli.models.registry import register
-from abaw_cli.models.vit import ImageNormalize, create_vit
+from abaw_cli.models.vit import ImageNormalize, vit_from_config
 
 VA_SLICE = slice(0, 2)
 EXPRESSION_SLICE = slice(2, 2 + NUM_EXPRESSIONS)
@@ -136,23 +136,11 @@ def emma_model_config(
     }
 
 
-def build_encoder(vit: dict[str, Any]) -> nn.Module:
-    return create_vit(
-        size=vit.get("size") or "base",
-        img_size=int(vit["img_size"]),
-        patch_size=int(vit["patch_size"]),
-        drop_path=float(vit.get("drop_path", 0.0)),
-        embed_dim=int(vit["embed_dim"]),
-        depth=int(vit["depth"]),
-        num_heads=int(vit["num_heads"]),
-    )
-
-
 @register("mtl")
 def build_emma(model_config: dict[str, Any]) -> EMMA:
     """EMMA from its model_config, weights at their init (the checkpoint's state dict fills them)."""
     return EMMA(
-        encoder=build_encoder(model_config["vit"]),
+        encoder=vit_from_config(model_config["vit"]),
         prior=prior_from_config(model_config.get("prior")),
         head_hidden=model_config.get("head_hidden"),
         va_hidden=int(model_config.get("va_hidden", 256)),

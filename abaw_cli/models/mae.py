@@ -38,7 +38,7 @@ from abaw_cli.models.vit import ImageNormalize, create_vit, encode_tokens, mae_s
 # model_config keys and their defaults (ViT-B/16 at 224 with the paper's decoder).
 MAE_DEFAULTS: dict[str, Any] = {
     "size": "base",
-    "img_size": 224,
+    "input_size": 224,
     "patch_size": 16,
     "embed_dim": None,
     "depth": None,
@@ -55,7 +55,7 @@ class MaskedAutoencoder(nn.Module):
     def __init__(
         self,
         size: str = "base",
-        img_size: int = 224,
+        input_size: int = 224,
         patch_size: int = 16,
         embed_dim: int | None = None,
         depth: int | None = None,
@@ -71,7 +71,7 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.normalize = ImageNormalize()
-        self.encoder = create_vit(size, img_size, patch_size, drop_path=0.0, num_classes=0, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        self.encoder = create_vit(size, input_size, patch_size, drop_path=0.0, num_classes=0, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
         self.patch_size = patch_size
         self.grid = tuple(self.encoder.patch_embed.grid_size)
         dim = self.encoder.embed_dim

@@ -8,7 +8,7 @@ no rename is ever needed between our encoder.pt, the public mae_pretrain_vit_*.p
 
 API
 - VIT_SIZES: size presets {"micro" (tests), "tiny", "small", "base", "large"} -> (embed_dim, depth, heads).
-- create_vit(size, img_size, patch_size, drop_path, num_classes=0, global_pool="token", ...)
+- create_vit(size, input_size, patch_size, drop_path, num_classes=0, global_pool="token", ...)
     -> VisionTransformer whose `pos_embed` is the MAE sin-cos table, frozen (requires_grad=False).
     The ViT itself expects ImageNet-normalised input: wrap it with `ImageNormalize` (models take
     float RGB in [0, 1], see CONTRACTS), e.g. `vit(normalize(x))`.
@@ -25,7 +25,7 @@ API
     drops head/fc_norm/decoder/mask_token keys, resizes pos_embed when the grid differs (bicubic,
     like MAE's interpolate_pos_embed) and raises EncoderLoadError if an encoder key is missing or
     has the wrong shape.
-- encoder_spec(path_or_state) -> {"embed_dim", "depth", "num_heads", "patch_size", "img_size", "size"}
+- encoder_spec(path_or_state) -> {"embed_dim", "depth", "num_heads", "patch_size", "input_size", "size"}
     read from encoder.pt meta, or inferred from the tensor shapes of a public file.
 - vit_group_matcher(prefix_regex) -> group_matcher dict for `timm.optim.param_groups_layer_decay` when
     the ViT sits inside a wrapper module under `prefix_regex` (e.g. r"vit\.").
@@ -44,6 +44,8 @@ import torch
 from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from abaw_cli.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,26 @@ _HEADS_BY_DIM = {64: 2, 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 class EncoderLoadError(ValueError):
     """An encoder checkpoint that does not fit the ViT it is loaded into."""
+
+
+@dataclass
+class ViTConfig:
+    """The ViT fields of every stage's model config (defaults: ViT-B/16 at 224); None = the
+    size's value."""
+
+    size: str = "base"
+    input_size: int = 224
+    patch_size: int = 16
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+
+
+@dataclass
+class FineTuneViTConfig(ViTConfig):
+    """A ViT that is fine-tuned (train-mtl, cotrain): the paper's drop-path 0.1."""
+
+    drop_path: float = 0.1
 
 
 class ImageNormalize(nn.Module):
@@ -102,7 +124,7 @@ def mae_sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True
 
 def create_vit(
     size: str = "base",
-    img_size: int = 224,
+    input_size: int = 224,
     patch_size: int = 16,
     drop_path: float = 0.0,
     num_classes: int = 0,
@@ -118,11 +140,11 @@ def create_vit(
     """
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; choose from {', '.join(VIT_SIZES)}")
-    if img_size % patch_size:
-        raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+    if input_size % patch_size:
+        raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
     d, n, h = VIT_SIZES[size]
     vit = VisionTransformer(
-        img_size=img_size,
+        img_size=input_size,  # timm's name
         patch_size=patch_size,
         num_classes=num_classes,
         global_pool=global_pool,
@@ -221,7 +243,7 @@ def vit_meta(vit: VisionTransformer, size: str | None = None) -> dict[str, Any]:
     return {
         "arch": "vit",
         "size": size,
-        "img_size": int(gh * ph),
+        "input_size": int(gh * ph),
         "patch_size": int(ph),
         "embed_dim": int(vit.embed_dim),
         "depth": len(vit.blocks),
@@ -285,9 +307,12 @@ def _read_state(source: str | os.PathLike | dict) -> tuple[dict[str, torch.Tenso
     return state, meta, name
 
 
-def load_encoder_weights(vit: VisionTransformer, source: str | os.PathLike | dict) -> EncoderLoadReport:
+def load_encoder_weights(vit: VisionTransformer, source: str | os.PathLike | dict | InitEncoder) -> EncoderLoadReport:
     """Load MAE encoder weights into `vit` (see module docstring); raise if an encoder key is missing."""
-    state, _, name = _read_state(source)
+    if isinstance(source, InitEncoder):
+        state, name = source.state, source.source
+    else:
+        state, _, name = _read_state(source)
     report = EncoderLoadReport(source=name)
     state = dict(state)
     for k in list(state):
@@ -328,12 +353,26 @@ def load_encoder_weights(vit: VisionTransformer, source: str | os.PathLike | dic
     return report
 
 
-def encoder_spec(source: str | os.PathLike | dict) -> dict[str, Any]:
-    """Architecture of an encoder file: from its meta when present, else from tensor shapes."""
-    state, meta, name = _read_state(source)
-    spec = {k: meta[k] for k in ("size", "img_size", "patch_size", "embed_dim", "depth", "num_heads") if k in meta}
-    if {"embed_dim", "depth", "num_heads", "patch_size", "img_size"} <= set(spec):
-        return spec
+@dataclass
+class InitEncoder:
+    """An `--init` encoder file, read once: its weights and the ViT architecture they fit."""
+
+    source: str
+    state: dict[str, torch.Tensor]
+    architecture: dict[str, Any]  # size, input_size, patch_size, embed_dim, depth, num_heads
+    records_heads: bool  # the head count comes from the file's meta, not from the standard sizes
+
+
+def read_init_encoder(path: str | os.PathLike) -> InitEncoder:
+    """Read our encoder.pt, an MAE checkpoint-last.pt or a public mae_pretrain_vit_*.pth once."""
+    state, meta, name = _read_state(path)
+    return InitEncoder(name, state, *_architecture(state, meta, name))
+
+
+def _architecture(state: dict[str, torch.Tensor], meta: dict, name: str) -> tuple[dict[str, Any], bool]:
+    """(architecture, whether the file records its head count). Width, depth and patch size come
+    from the tensors; input size and heads from the meta when it records them, else from the grid
+    of pos_embed and the standard ViT of that width (heads None when there is none)."""
     try:
         proj = state["patch_embed.proj.weight"]
         n_tokens = state["pos_embed"].shape[1] - 1
@@ -341,7 +380,62 @@ def encoder_spec(source: str | os.PathLike | dict) -> dict[str, Any]:
         raise EncoderLoadError(f"{name}: no {exc.args[0]} key: not a ViT encoder state dict") from exc
     dim, patch = int(proj.shape[0]), int(proj.shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    side = int(math.isqrt(n_tokens))
-    size = next((s for s, (d, n, _) in VIT_SIZES.items() if d == dim and n == depth), None)
-    heads = VIT_SIZES[size][2] if size else _HEADS_BY_DIM.get(dim, max(1, dim // 64))
-    return {"size": size, "img_size": side * patch, "patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads}
+    size = meta.get("size") or next((s for s, (d, n, _) in VIT_SIZES.items() if d == dim and n == depth), None)
+    recorded = meta.get("num_heads") or (VIT_SIZES[meta["size"]][2] if meta.get("size") in VIT_SIZES else None)
+    heads = recorded or _HEADS_BY_DIM.get(dim)
+    architecture = {"size": size, "input_size": int(meta.get("input_size") or math.isqrt(n_tokens) * patch),
+                    "patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": None if heads is None else int(heads)}
+    return architecture, recorded is not None
+
+
+def encoder_spec(source: str | os.PathLike | dict) -> dict[str, Any]:
+    """Architecture of an encoder file or state dict (see `_architecture`)."""
+    state, meta, name = _read_state(source)
+    return _architecture(state, meta, name)[0]
+
+
+def resolve_vit_config(model: FineTuneViTConfig, init: InitEncoder | None, preset: str = "") -> dict[str, Any]:
+    """The ViT architecture of train-mtl and cotrain, every number explicit (a model_config "vit").
+
+    The one rule for `--init`: the encoder file decides the
+    width, depth and patch size (its weights only fit that shape) and the preset's are replaced,
+    with a log line when they differ. Its head count is the one the file records (our encoder.pt);
+    a file that records none (the public MAE files) takes the configured count when the configured
+    width is the file's, else that of the standard ViT of its width (ViT-Ti 3, S 6, B 12, L 16),
+    and a width of no standard ViT is refused. The input size always stays the configured one
+    (pos_embed is resampled on load).
+    """
+    if model.size not in VIT_SIZES:
+        raise ConfigError(f"unknown ViT size {model.size!r}; choose from {', '.join(VIT_SIZES)}")
+    dim, depth, heads = VIT_SIZES[model.size]
+    vit = {
+        "size": model.size, "input_size": int(model.input_size), "patch_size": int(model.patch_size),
+        "embed_dim": int(model.embed_dim or dim), "depth": int(model.depth or depth),
+        "num_heads": int(model.num_heads or heads), "drop_path": float(model.drop_path),
+    }
+    if model.input_size % model.patch_size:
+        raise ConfigError(f"input size {model.input_size} is not a multiple of the patch size {model.patch_size}")
+    if init is None:
+        return vit
+    found = {k: init.architecture[k] for k in ("embed_dim", "depth", "patch_size", "num_heads")}
+    if not init.records_heads and found["embed_dim"] == vit["embed_dim"]:
+        found["num_heads"] = vit["num_heads"]
+    if found["num_heads"] is None:
+        raise EncoderLoadError(
+            f"--init {init.source}: a ViT of width {found['embed_dim']} matches no standard ViT and the file does "
+            f"not record its head count; set model.embed_dim {found['embed_dim']} and model.num_heads in the config"
+        )
+    configured = {k: vit[k] for k in found}
+    if found != configured:
+        log.info("ViT architecture taken from %s: %s (preset %s configured %s)", init.source, found, preset or "-", configured)
+    vit.update(found, size=init.architecture["size"] or vit["size"])
+    return vit
+
+
+def vit_from_config(vit: dict[str, Any], num_classes: int = 0) -> VisionTransformer:
+    """A fresh ViT (CLS pooling) from a model_config "vit" dict (`resolve_vit_config`)."""
+    return create_vit(
+        size=vit.get("size") or "base", input_size=int(vit["input_size"]), patch_size=int(vit["patch_size"]),
+        drop_path=float(vit.get("drop_path", 0.0)), num_classes=num_classes, global_pool="token",
+        embed_dim=vit.get("embed_dim"), depth=vit.get("depth"), num_heads=vit.get("num_heads"),
+    )
