@@ -1,7 +1,7 @@
 """The closing tables of `make pipeline`: P_MTL and LSD F1 next to what chance would score.
 
 Run as `python -m abaw_cli.pipeline_summary RUNS`; reads RUNS/score/{mtl,lsd}.json written by
-`abaw score` and RUNS/*/metrics.json where present. Chance is computed from the truth itself
+`abaw score`. Chance is computed from the truth itself
 (the class and AU frequencies in the score files), so it is the honest floor for this data:
 expression / LSD class drawn uniformly at random, every AU predicted present, VA uncorrelated.
 """

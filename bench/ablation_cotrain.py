@@ -4,11 +4,11 @@ Three systems, each trained with `abaw cotrain` (the same engine, data and recip
 switches differ) for several seeds, scored by the 6-class macro-F1 on the demo's real-style
 validation folders:
 
-  single   one ViT view, no token dropping, plain cross-entropy   (--mask-rate 0, one view)
-  cotex    Masked CoTEX: two views, mask rate r, CE + lambda JS   (the paper)
-  cotex+u  Masked CoTEX + co-training on unlabelled real-style faces   (--unlabeled)
+  single   one ViT view, no token dropping, plain cross-entropy   (--mask-ratio 0, one view)
+  cotex    Masked CoTEX: two views, mask ratio r, CE + lambda JS   (the paper)
+  cotex+u  Masked CoTEX + co-training on unlabeled real-style faces   (--unlabeled)
 
-Unlabelled faces (default `--unlabeled-source pool`): the demo's unlabelled face pool, the set
+Unlabeled faces (default `--unlabeled-source pool`): the demo's unlabeled face pool, the set
 MAE pretraining uses. It is rendered apart from the LSD folders (its own random stream), so no
 validation image is in it, and its labels are never read. It mixes the MTL "wild" style (70%)
 with the synthetic and the real photo style (15% each) and holds all 8 ABAW expressions,
@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from abaw_cli.data.demo import generate_demo
-from abaw_cli.stages.cotrain import best_epoch, cotrain
+from abaw_cli.train.cotrain import cotrain
 
 console = Console()
 
@@ -71,7 +71,7 @@ PROFILES: dict[str, dict] = {
 }
 
 SYSTEMS: dict[str, dict] = {
-    "single": {"model.num_views": 1, "model.mask_rate": 0.0},
+    "single": {"model.num_views": 1, "model.mask_ratio": 0.0},
     "cotex": {},
     "cotex+u": {"unlabeled": True},
 }
@@ -88,14 +88,14 @@ def ensure_demo(root: Path, scale: str, seed: int) -> Path:
 def pretrain_encoder(work: Path, demo: Path, device: str, workers: int | None, mae_overrides: dict, name: str) -> Path:
     """One MAE encoder (cpu-small MAE preset + the profile's changes) on the demo pool, shared by
     every run of the ablation."""
-    from abaw_cli.stages.pretrain_mae import pretrain_mae
+    from abaw_cli.train.mae import pretrain_mae
 
     out = work / f"mae_{name}"
     if (out / "encoder.pt").exists() and (out / "metrics.json").exists():
         return out / "encoder.pt"
     overrides = {"optim.device": device, "optim.num_workers": workers, **mae_overrides}
-    encoder, _ = pretrain_mae([demo / "pool"], out, "cpu-small", overrides=overrides)
-    return encoder
+    pretrain_mae([demo / "pool"], out, "cpu-small", overrides=overrides)
+    return out / "encoder.pt"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--init", default=None, help="encoder.pt for both views, none, or mae (pretrain one on the demo pool first); default: the profile's")
-    ap.add_argument("--mask-rate", type=float, default=None)
+    ap.add_argument("--mask-ratio", type=float, default=None)
     ap.add_argument("--pseudo-threshold", type=float, default=None)
     ap.add_argument("--unlabeled-source", choices=("pool", "second-demo"), default="pool")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides, e.g. model.depth=6")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         extra["optim.epochs"] = args.epochs
     base = {"data.root": str(demo / "lsd"), "init": init, "optim.device": args.device,
-            "model.mask_rate": args.mask_rate, "loss.pseudo_threshold": args.pseudo_threshold, **extra}
+            "model.mask_ratio": args.mask_ratio, "loss.pseudo_threshold": args.pseudo_threshold, **extra}
 
     results: dict[str, list[dict]] = {s: [] for s in args.systems}
     t_all = time.perf_counter()
@@ -164,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides.update(switches)
             out = work / "runs" / f"{system}_seed{seed}"
             t0 = time.perf_counter()
-            _, history = cotrain(out, args.preset, overrides=overrides)
+            result = cotrain(out, args.preset, overrides=overrides)
             seconds = time.perf_counter() - t0
-            epochs = [h for h in history if "val_f1" in h]
-            last, best = epochs[-1], best_epoch(history)
+            epochs = [h for h in result.history if "val_f1" in h]
+            last, best = epochs[-1], result.best
             row = {
                 "seed": seed, "seconds": round(seconds, 1), "epochs": len(epochs),
-                "last_f1": last["val_f1"], "best_f1": best["val_f1"], "best_epoch": best["epoch"],
+                "last_f1": last["val_f1"], "best_f1": best["value"], "best_epoch": best["epoch"],
                 "last_f1_views": [last[k] for k in ("val_f1_view1", "val_f1_view2") if k in last],
                 "last_accuracy": last["val_accuracy"],
             }

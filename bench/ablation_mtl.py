@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from abaw_cli.data.demo import generate_demo  # noqa: E402
-from abaw_cli.stages.pretrain_mae import pretrain_mae  # noqa: E402
-from abaw_cli.stages.train_mtl import train_mtl  # noqa: E402
+from abaw_cli.train.mae import pretrain_mae  # noqa: E402
+from abaw_cli.train.mtl import train_mtl  # noqa: E402
 
 console = Console()
 ARMS = {
@@ -95,10 +95,10 @@ def run_arm(arm: str, seed: int, data: Path, encoder: Path, work: Path, args) ->
         "optim.device": "cpu",
     }
     t0 = time.perf_counter()
-    _, metrics = train_mtl(out, "cpu-small", overrides=overrides)
+    result = train_mtl(out, "cpu-small", overrides=overrides)
     seconds = time.perf_counter() - t0
-    best = metrics["best_metrics"]
-    row = {"arm": arm, "seed": seed, "seconds": round(seconds, 1), "steps": metrics["global_step"],
+    best = result.best["metrics"]
+    row = {"arm": arm, "seed": seed, "seconds": round(seconds, 1), "steps": result.history[-1]["step"],
            **{k: best[k] for k in REPORTED}, "ccc_valence": best["ccc_valence"], "ccc_arousal": best["ccc_arousal"]}
     console.print(f"  {arm} seed {seed}: P_MTL {row['p_mtl']:.4f} (0.5: {row['p_mtl_at_0.5']:.4f})  {seconds:.0f} s")
     return row
@@ -146,7 +146,7 @@ def print_table(summary: dict, title: str) -> None:
     console.print(table)
 
 
-PAPER_VIT = {"size": "base", "img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1}
+PAPER_VIT = {"size": "base", "input_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "drop_path": 0.1}
 
 
 def paper_throughput(data: Path, work: Path, steps: int, prior: str, device: str = "cuda", preset: str = "paper",
@@ -165,16 +165,17 @@ def paper_throughput(data: Path, work: Path, steps: int, prior: str, device: str
     result = {"end_to_end_images_per_s_median": statistics.median(ips) if ips else None, "steps": steps, "wall_s": round(wall, 1)}
 
     # The model step alone (data already on the GPU): ViT-B/16 + prior + heads, bf16 autocast, AdamW.
-    from abaw_cli.models.emma import EMMA, build_encoder
+    from abaw_cli.models.emma import EMMA
+    from abaw_cli.models.vit import vit_from_config
     from abaw_cli.models.priors import build_prior
     from abaw_cli.train.engine import TrainConfig, default_param_groups
 
     from abaw_cli.runtime import autocast
 
     dev = torch.device(device)
-    model = EMMA(build_encoder(vit), build_prior(prior)).to(dev).train()
+    model = EMMA(vit_from_config(vit), build_prior(prior)).to(dev).train()
     opt = torch.optim.AdamW(default_param_groups(model, TrainConfig(layer_decay=0.65)), lr=1e-4)
-    x = torch.rand(batch, 3, vit["img_size"], vit["img_size"], device=dev)
+    x = torch.rand(batch, 3, vit["input_size"], vit["input_size"], device=dev)
     cuda = dev.type == "cuda"
 
     def step():

@@ -44,7 +44,8 @@ from abaw_cli.faces.detector import FaceDetector
 from abaw_cli.faces.sources import expand_inputs
 from abaw_cli.faces.stream import decoder_threads_for, reserve_core_for_io
 from abaw_cli.faces.video import open_source
-from abaw_cli.stages.crop_faces import CropSettings, CropWriter, OutputFolder, process_source
+from abaw_cli.faces.crop import process_source
+from abaw_cli.faces.output import CropSettings, CropWriter, OutputFolder
 
 console = Console()
 

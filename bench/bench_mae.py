@@ -31,7 +31,7 @@ from abaw_cli.config import load_config  # noqa: E402
 from abaw_cli.models.mae import MaskedAutoencoder  # noqa: E402
 from abaw_cli.models.vit import patch_tokens, random_masking  # noqa: E402
 from abaw_cli.runtime import autocast  # noqa: E402
-from abaw_cli.stages.pretrain_mae import PretrainMAEConfig  # noqa: E402
+from abaw_cli.train.mae import PretrainMAEConfig  # noqa: E402
 from abaw_cli.train.engine import default_param_groups  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def measure(preset: str, variant: str, device: torch.device, steps: int, batch: 
     mask_embed = torch.nn.Parameter(torch.zeros(1, 1, model.encoder.embed_dim, device=device))
     model.register_parameter("bench_mask_embed", mask_embed)  # optimised like the rest in the full-token step
     opt = torch.optim.AdamW(default_param_groups(model, cfg.optim), lr=1e-4, betas=(0.9, 0.95))
-    size, length = cfg.model.img_size, model.grid[0] * model.grid[1]
+    size, length = cfg.model.input_size, model.grid[0] * model.grid[1]
     imgs = torch.rand(batch, 3, size, size, device=device)
     noise = torch.rand(batch, length, device=device)
 
@@ -99,7 +99,7 @@ def in_subprocess(preset: str, variant: str, device: str, steps: int, batch: int
 
 
 def baseline_rss_mib() -> float:
-    code = "import resource, torch, timm, abaw_cli.stages.pretrain_mae; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = "import resource, torch, timm, abaw_cli.train.mae; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parents[1]).stdout.strip())
 

@@ -80,7 +80,7 @@ def ensure_model(args, demo: Path) -> Path:
         return pipeline_model
     out = RUNS / f"cpu-small-mtl-{args.train_steps}"
     if not (out / "best.pt").is_file():
-        from abaw_cli.stages.train_mtl import train_mtl
+        from abaw_cli.train.mtl import train_mtl
 
         print(f"training a cpu-small EMMA for {args.train_steps} steps on {demo / 'mtl'} ...", flush=True)
         started = time.perf_counter()
@@ -95,17 +95,18 @@ def paper_checkpoint(path: Path) -> Path:
     """A randomly initialised paper-preset EMMA (ViT-B/16 at 224, fer prior) saved as a best.pt."""
     from abaw_cli.config import load_config
     from abaw_cli.labels import AUS
-    from abaw_cli.models.emma import EMMA, build_encoder, emma_model_config
+    from abaw_cli.models.emma import EMMA, emma_model_config
     from abaw_cli.models.priors import build_prior
-    from abaw_cli.stages.train_mtl import STAGE, TrainMTLConfig, resolve_vit
+    from abaw_cli.models.vit import resolve_vit_config, vit_from_config
+    from abaw_cli.train.mtl import STAGE, TrainMTLConfig
     from abaw_cli.train.checkpoint import make_checkpoint, save_atomic
 
     cfg = load_config(TrainMTLConfig, STAGE, "paper", {"init": "none"})
-    vit = resolve_vit(cfg, "paper")
+    vit = resolve_vit_config(cfg.model, None, "paper")
     prior = build_prior(cfg.model.prior)
     m = cfg.model
     model_config = emma_model_config(vit, prior, m.head_hidden, m.va_hidden, m.va_input)
-    model = EMMA(build_encoder(vit), prior, model_config["head_hidden"], m.va_hidden, m.va_input)
+    model = EMMA(vit_from_config(vit), prior, model_config["head_hidden"], m.va_hidden, m.va_input)
     meta = {"input_size": int(m.input_size), "expressions": list(EXPRESSIONS), "aus": list(AUS), "au_thresholds": [0.5] * len(AUS)}
     save_atomic(make_checkpoint("mtl", model_config, model.state_dict(), meta=meta), path)
     return path

@@ -12,6 +12,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models run fastest on one thread, and far faster when other jobs share the cores.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The `tiny` demo data set (seed 0), generated once per test session."""
@@ -26,11 +36,10 @@ def demo_root(tmp_path_factory) -> Path:
 def tiny_mtl_model(demo_root, tmp_path_factory) -> Path:
     """best.pt of a real train-mtl run (preset test-tiny, 4 steps) on the tiny demo set: a model
     with the checkpoint layout predict and score read (weights barely trained)."""
-    from abaw_cli.stages.train_mtl import train_mtl
+    from abaw_cli.train.mtl import train_mtl
 
     out = tmp_path_factory.mktemp("tiny-mtl")
-    best, _ = train_mtl(out, "test-tiny", overrides={"data.root": str(demo_root / "mtl"), "optim.max_steps": 4, "optim.epochs": 1})
-    return best
+    return train_mtl(out, "test-tiny", overrides={"data.root": str(demo_root / "mtl"), "optim.max_steps": 4, "optim.epochs": 1}).best_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +59,11 @@ def lsd_expression_model(demo_small_root, tmp_path_factory) -> Path:
     cotrain ablation's `single` system (one unmasked view) cut to 2 blocks of the cpu-small preset,
     8 epochs on the small demo's 1,500 synthetic LSD faces from random weights. Measured with seeds
     0/1/2: real-style validation macro-F1 0.26/0.39/0.50 (chance 0.16)."""
-    from abaw_cli.stages.cotrain import cotrain
+    from abaw_cli.train.cotrain import cotrain
 
     out = tmp_path_factory.mktemp("lsd-expressions")
-    best, _ = cotrain(out, "cpu-small", overrides={
+    result = cotrain(out, "cpu-small", overrides={
         "data.root": str(demo_small_root / "lsd"), "init": "none", "optim.seed": 0,
-        "model.num_views": 1, "model.mask_rate": 0.0, "model.depth": 2,
+        "model.num_views": 1, "model.mask_ratio": 0.0, "model.depth": 2,
     })
-    return best
+    return result.best_checkpoint

@@ -1,9 +1,8 @@
-"""`abaw cotrain` on the demo LSD set: a short real run, co-training on unlabelled faces, configs."""
+"""`abaw cotrain` on the demo LSD set: a short real run, co-training on unlabeled faces, configs."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,29 +12,24 @@ from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights
 from abaw_cli.data.manifest import DatasetError
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.models.registry import load_model
-from abaw_cli.stages.cotrain import CotrainTask, cotrain, load_lsd, pseudo_label_loss, resolve_config
+from abaw_cli.train.cotrain import CotrainTask, cotrain, load_lsd, pseudo_label_loss, resolve_config
 from abaw_cli.train.engine import read_log
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(demo_root, tmp_path_factory):
     """One test-tiny run (2 epochs) on the demo LSD set, shared by the checks below."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cotrain") / "run"
-    best, history = cotrain(out, "test-tiny", overrides={"data.root": str(demo_root / "lsd"), "optim.device": "cpu"})
-    return out, best, history
+    result = cotrain(out, "test-tiny", overrides={"data.root": str(demo_root / "lsd"), "optim.device": "cpu"})
+    return out, result.best_checkpoint, result
 
 
 def test_short_run_writes_best_checkpoint_metrics_and_plots(tiny_run):
-    out, best, history = tiny_run
+    out, best, result = tiny_run
+    history = result.history
     assert best == out / "best.pt" and best.is_file()
     for name in ("metrics.json", "config.yaml", "log.jsonl", "checkpoint-last.pt", "confusion_matrix.png", "val_curves.png"):
         assert (out / name).is_file(), name
@@ -47,8 +41,11 @@ def test_short_run_writes_best_checkpoint_metrics_and_plots(tiny_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection_metric"] == "f1"
     assert metrics["best"] == max(r["val_f1"] for r in epochs)
-    assert metrics["best_epoch"]["f1"] == metrics["best"]
-    assert {"f1_view1", "f1_view2"} <= set(metrics["best_epoch"])
+    best_epoch = metrics["best_epoch"]
+    assert best_epoch["metrics"]["f1"] == metrics["best"] == result.best["value"]
+    assert {"f1_view1", "f1_view2"} <= set(best_epoch["metrics"]) and best_epoch["checkpoint"] == "best.pt"
+    assert epochs[best_epoch["epoch"]]["val_f1"] == metrics["best"]
+    assert metrics["unreadable_images"]["count"] == 0
     steps = [r for r in read_log(out / "log.jsonl") if r["type"] == "step"]
     assert steps and all(np.isfinite(r["loss"]) and r["js"] >= 0 and r["ce"] > 0 for r in steps)
     # The paper's batch rule: preset batch 8 / (1 - 0.5) = 16 per step.
@@ -56,7 +53,7 @@ def test_short_run_writes_best_checkpoint_metrics_and_plots(tiny_run):
 
 
 def test_best_checkpoint_predicts_six_classes_alone(tiny_run, demo_root):
-    out, best, history = tiny_run
+    out, best, _ = tiny_run
     model, ckpt = load_model(best, kinds=("cotrain",))
     meta = ckpt["meta"]
     assert meta["classes"] == list(LSD_CLASSES)
@@ -86,7 +83,7 @@ def test_co_training_starts_at_its_epoch_and_logs_pseudo_labels(demo_root, tmp_p
     assert later and all(r["pseudo_rate"] > 0 and r["pseudo"] > 0 for r in later)
 
 
-def test_unlabelled_folder_must_not_hold_validation_images(demo_root, tmp_path):
+def test_unlabeled_folder_must_not_hold_validation_images(demo_root, tmp_path):
     overrides = {"data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "lsd" / "validation_set_real_images"), "optim.device": "cpu"}
     with pytest.raises(DatasetError, match="validation"):
         cotrain(tmp_path / "leak", "test-tiny", overrides=overrides)
@@ -145,7 +142,7 @@ def test_pseudo_labels_per_class_cap_keeps_the_most_confident():
 
 
 def test_batch_scaling_explicit_batch_and_resume(tmp_path):
-    cfg = resolve_config("test-tiny", tmp_path, False, {"model.mask_rate": 0.75})
+    cfg = resolve_config("test-tiny", tmp_path, False, {"model.mask_ratio": 0.75})
     assert cfg.optim.batch_size == 32 and not cfg.data.scale_batch_by_mask  # 8 / (1 - 0.75)
     cfg = resolve_config("test-tiny", tmp_path, False, {"optim.batch_size": 10})
     assert cfg.optim.batch_size == 10  # --batch is taken as given
@@ -176,7 +173,7 @@ def test_cli_help_lists_the_options():
 
     result = CliRunner().invoke(app, ["cotrain", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for option in ("--data", "--init", "--mask-rate", "--lambda-js", "--unlabeled", "--pseudo-threshold", "--balance", "--resume", "Examples"):
+    for option in ("--data", "--init", "--mask-ratio", "--lambda-js", "--unlabeled", "--pseudo-threshold", "--balance", "--resume", "Examples"):
         assert option in result.output, option
 
 

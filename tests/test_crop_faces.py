@@ -19,7 +19,8 @@ from abaw_cli.faces.sources import expand_inputs
 from abaw_cli.faces.stream import reserve_core_for_io
 from abaw_cli.faces.tracker import box_iou
 from abaw_cli.faces.video import open_source
-from abaw_cli.stages.crop_faces import CropSettings, CropWriter, OutputFolder, crop_faces, process_source
+from abaw_cli.faces.crop import crop_faces, process_source
+from abaw_cli.faces.output import CropSettings, CropWriter, OutputFolder
 
 runner = CliRunner()
 

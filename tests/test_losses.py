@@ -85,7 +85,7 @@ def test_pos_weight_is_negatives_over_positives_from_training_counts():
     aus = np.zeros((6, 12), dtype=np.int64)
     aus[:2, 0] = 1  # AU1: 2 positives, 3 negatives among the 5 labelled rows
     aus[:5, 10] = 1  # AU25: 5 positives, 0 negatives
-    aus[5, :] = -1  # unlabelled row: ignored
+    aus[5, :] = -1  # unlabeled row: ignored
     w = au_pos_weight(aus)
     assert w.shape == (12,)
     assert w[0].item() == pytest.approx(3 / 2)

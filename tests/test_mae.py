@@ -15,17 +15,12 @@ from abaw_cli.models.mae import MaskedAutoencoder
 from abaw_cli.models.registry import load_model
 from abaw_cli.models.vit import create_vit, load_encoder_weights
 from abaw_cli.stages import pretrain_mae as stage
+from abaw_cli.train.mae import pretrain_mae
 
-TINY = dict(size="micro", img_size=32, patch_size=8, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+TINY = dict(size="micro", input_size=32, patch_size=8, decoder_dim=32, decoder_depth=1, decoder_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, above all on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,8 @@ def test_find_images_sources_and_refusals(pool, tmp_path):
 
 def test_pretrain_mae_loss_falls_and_writes_the_run_folder(pool, tmp_path):
     run = tmp_path / "run"
-    encoder, history = stage.pretrain_mae([pool], run, "test-tiny", overrides={"optim.epochs": 3})
+    result = pretrain_mae([pool], run, "test-tiny", overrides={"optim.epochs": 3})
+    encoder, history = run / "encoder.pt", result.history
     losses = [h["train_loss"] for h in history]
     assert len(losses) == 3 and losses[-1] < 0.9 * losses[0], losses
     for name in ("config.yaml", "log.jsonl", "checkpoint-last.pt", "encoder.pt", "loss_curve.png", "metrics.json"):
@@ -105,13 +101,13 @@ def test_pretrain_mae_loss_falls_and_writes_the_run_folder(pool, tmp_path):
     # encoder.pt -> a fresh ViT through the project loader; checkpoint-last.pt -> the registry
     ckpt = torch.load(encoder, weights_only=True)
     assert ckpt["meta"]["embed_dim"] == 64 and ckpt["meta"]["patch_size"] == 8
-    vit = create_vit("micro", img_size=32, patch_size=8, num_classes=6)
+    vit = create_vit("micro", input_size=32, patch_size=8, num_classes=6)
     report = load_encoder_weights(vit, encoder)
     assert report.missing == ["head.weight", "head.bias"] and not report.ignored
     model, meta = load_model(run / "checkpoint-last.pt", kinds=("mae",))
     assert isinstance(model, MaskedAutoencoder)
     assert torch.equal(model.encoder.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
-    assert load_encoder_weights(create_vit("micro", img_size=32, patch_size=8), run / "checkpoint-last.pt").loaded
+    assert load_encoder_weights(create_vit("micro", input_size=32, patch_size=8), run / "checkpoint-last.pt").loaded
 
 
 def test_cli_help_and_bad_data(tmp_path):

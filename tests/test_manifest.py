@@ -91,7 +91,7 @@ def test_check_dataset_reports_counts_and_keeps_the_parsed_data(tmp_path, caplog
     assert report.warnings == ["train: expression_counts.Neutral = 3, expected 4 (-25.0%)"]
     counts = report.counts("train")
     assert counts["images"] == 30 and counts["va"] == 24 and counts["expression"] == 27
-    assert counts["expression_counts.Neutral"] == 4 - 1  # row 0 (class 0) is unlabelled
+    assert counts["expression_counts.Neutral"] == 4 - 1  # row 0 (class 0) is unlabeled
     assert report.data["train"].images == ann.images and len(report.data["val"]) == 10
     statuses = {(r.split, r.item): r.status for r in report.rows}
     assert statuses[("train", "images")] == "ok"

@@ -17,8 +17,10 @@ from abaw_cli.labels import AUS, EXPRESSIONS
 from abaw_cli.metrics import mtl_scores
 from abaw_cli.models.emma import EMMA
 from abaw_cli.models.registry import load_model
-from abaw_cli.models.vit import EncoderLoadError, create_vit, vit_meta
+from abaw_cli.models.vit import EncoderLoadError, create_vit, resolve_vit_config, vit_meta
 from abaw_cli.stages import train_mtl as stage
+from abaw_cli.train import mtl
+from abaw_cli.train.finetune import read_init
 from abaw_cli.train.checkpoint import load_checkpoint
 
 
@@ -54,39 +56,65 @@ def test_class_balanced_weights_give_missing_rows_the_average():
     assert w[:3].sum() == pytest.approx(w[3]) == pytest.approx(w[5])
 
 
-def _config(**overrides) -> stage.TrainMTLConfig:
-    return stage.resolve_config("test-tiny", Path("unused"), False, overrides)
+def _config(**overrides) -> mtl.TrainMTLConfig:
+    return mtl.resolve_config("test-tiny", Path("unused"), False, overrides)
+
+
+def _resolve(cfg) -> dict:
+    return resolve_vit_config(cfg.model, read_init(cfg.init))
 
 
 def test_init_with_encoder_meta_adopts_its_architecture(tmp_path: Path):
-    vit = create_vit("micro", img_size=48, patch_size=16)  # width 64, depth 2, patch 16
+    vit = create_vit("micro", input_size=48, patch_size=16)  # width 64, depth 2, patch 16
     path = tmp_path / "encoder.pt"
     torch.save({"model": vit.state_dict(), "meta": vit_meta(vit, "micro")}, path)
-    resolved = stage.resolve_vit(_config(init=str(path), **{"model.size": "tiny", "model.input_size": 32}))
+    resolved = _resolve(_config(init=str(path), **{"model.size": "tiny", "model.input_size": 32}))
     # Width/depth/heads/patch from the file; the configured input size stays (pos_embed is resized).
     assert (resolved["embed_dim"], resolved["depth"], resolved["num_heads"], resolved["patch_size"]) == (64, 2, 2, 16)
-    assert resolved["img_size"] == 32
+    assert resolved["input_size"] == 32
 
 
-def test_init_without_meta_must_match_the_configured_vit(tmp_path: Path):
+def test_init_without_meta_follows_the_one_rule(tmp_path: Path, caplog):
+    # A public-style file (tensors only) of another shape than the preset: its shape is adopted,
+    # with the heads of the standard ViT of its width (micro: 64 wide, 2 heads), and logged.
     public_style = tmp_path / "mae_pretrain_like.pth"
-    torch.save({"model": create_vit("micro", img_size=32, patch_size=8).state_dict()}, public_style)
-    with pytest.raises(EncoderLoadError, match=r"width 64, depth 2, patch 8 .* builds width 192, depth 12"):
-        stage.resolve_vit(_config(init=str(public_style), **{"model.size": "tiny"}))
-    matching = stage.resolve_vit(_config(init=str(public_style)))
-    assert matching["embed_dim"] == 64
+    torch.save({"model": create_vit("micro", input_size=32, patch_size=8).state_dict()}, public_style)
+    with caplog.at_level("INFO"):
+        adopted = _resolve(_config(init=str(public_style), **{"model.size": "tiny"}))
+    assert (adopted["embed_dim"], adopted["depth"], adopted["num_heads"], adopted["patch_size"]) == (64, 2, 2, 8)
+    assert "ViT architecture taken from" in caplog.text
+    # The configured head count stands when the configured width is the file's.
+    assert _resolve(_config(init=str(public_style), **{"model.num_heads": 4}))["num_heads"] == 4
+    # A width of no standard ViT, without a recorded head count, is refused.
+    odd = tmp_path / "odd.pth"
+    torch.save({"model": create_vit("micro", input_size=32, patch_size=8, embed_dim=96).state_dict()}, odd)
+    with pytest.raises(EncoderLoadError, match="width 96 matches no standard ViT"):
+        _resolve(_config(init=str(odd)))
     with pytest.raises(EncoderLoadError, match="no such encoder file"):
-        stage.resolve_vit(_config(init=str(tmp_path / "missing.pt")))
+        _resolve(_config(init=str(tmp_path / "missing.pt")))
+
+
+def test_init_file_is_read_once(tmp_path: Path, mtl_root: Path, monkeypatch):
+    path = tmp_path / "encoder.pt"
+    encoder = create_vit("micro", input_size=32, patch_size=8)
+    torch.save({"model": encoder.state_dict(), "meta": vit_meta(encoder, "micro")}, path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real_load(f, *a, **k))
+    cfg = _config(init=str(path), **{"data.root": str(mtl_root), "model.prior": "none"})
+    train, val = load_mtl_splits(mtl_root)
+    mtl.MTLTask(cfg, train, val).build_model()
+    assert reads.count(str(path)) == 1
 
 
 def test_init_weights_reach_the_model(tmp_path: Path, mtl_root: Path):
     torch.manual_seed(1)
-    encoder = create_vit("micro", img_size=32, patch_size=8)
+    encoder = create_vit("micro", input_size=32, patch_size=8)
     path = tmp_path / "encoder.pt"
     torch.save({"model": encoder.state_dict(), "meta": vit_meta(encoder, "micro")}, path)
     cfg = _config(init=str(path), **{"data.root": str(mtl_root)})
     train, val = load_mtl_splits(mtl_root)
-    model = stage.MTLTask(cfg, train, val).build_model()
+    model = mtl.MTLTask(cfg, train, val).build_model()
     assert torch.equal(model.encoder.blocks[1].attn.qkv.weight, encoder.blocks[1].attn.qkv.weight)
     assert cfg.optim.layer_decay == 0.65  # kept with a pretrained encoder (set to 1.0 for --init none)
 
@@ -107,14 +135,17 @@ def _rescore_like_predict(model: EMMA, meta: dict, root: Path) -> dict:
 
 def test_short_run_writes_best_pt_that_round_trips(tmp_path: Path, mtl_root: Path):
     out = tmp_path / "run"
-    best, metrics = stage.train_mtl(out, "test-tiny", overrides={"data.root": str(mtl_root), "optim.max_steps": 3, "optim.epochs": 1})
+    result = mtl.train_mtl(out, "test-tiny", overrides={"data.root": str(mtl_root), "optim.max_steps": 3, "optim.epochs": 1})
+    best = result.best_checkpoint
     for name in ("best.pt", "checkpoint-last.pt", "metrics.json", "config.yaml", "log.jsonl", "val_curves.png"):
         assert (out / name).exists(), name
     on_disk = json.loads((out / "metrics.json").read_text())
     n_val = len(read_mtl_annotations(mtl_root / "validation_set_annotations.txt"))
-    assert on_disk["best_metrics"]["n_frames"] == n_val  # every validation frame was scored
-    assert set(on_disk["best_metrics"]) >= {"p_mtl", "p_mtl_at_0.5", "ccc_valence", "ccc_arousal", "expression_f1", "au_f1"}
-    assert len(on_disk["au_thresholds"]) == 12
+    best_epoch = on_disk["best_epoch"]
+    assert best_epoch["metrics"] == result.best["metrics"]
+    assert best_epoch["metrics"]["n_frames"] == n_val  # every validation frame was scored
+    assert set(best_epoch["metrics"]) >= {"p_mtl", "p_mtl_at_0.5", "ccc_valence", "ccc_arousal", "expression_f1", "au_f1"}
+    assert len(best_epoch["details"]["au_thresholds"]) == 12
 
     model, ckpt = load_model(best, kinds=("mtl",))
     meta = ckpt["meta"]
@@ -162,7 +193,7 @@ def test_cli_help_and_refusals(tmp_path: Path):
 def test_task_options_balanced_sampling_and_features_ablation(mtl_root: Path):
     train, val = load_mtl_splits(mtl_root)
     cfg = _config(**{"data.root": str(mtl_root), "loss.balanced": True, "model.va_input": "features", "model.prior": "none"})
-    task = stage.MTLTask(cfg, train, val)
+    task = mtl.MTLTask(cfg, train, val)
     weights = task.train_sampler_weights()
     assert len(weights) == len(train) and float(weights.min()) > 0
     model = task.build_model()
@@ -171,4 +202,19 @@ def test_task_options_balanced_sampling_and_features_ablation(mtl_root: Path):
     # pos_weight comes from the training AU counts (negatives / positives, fully labelled rows).
     rows = train.aus[(train.aus >= 0).all(axis=1)]
     assert task.pos_weight[0].item() == pytest.approx((rows[:, 0] == 0).sum() / max((rows[:, 0] == 1).sum(), 1))
-    assert stage.MTLTask(_config(**{"data.root": str(mtl_root)}), train, val).train_sampler_weights() is None
+    assert mtl.MTLTask(_config(**{"data.root": str(mtl_root)}), train, val).train_sampler_weights() is None
+
+
+def test_an_unreadable_frame_is_named_by_the_dataset(mtl_root: Path, tmp_path: Path):
+    from abaw_cli.image_files import UnreadableImageError
+
+    train, _ = load_mtl_splits(mtl_root)
+    root = tmp_path / "mtl"
+    first = root / "cropped_aligned" / train.images[0]
+    first.parent.mkdir(parents=True)
+    first.write_bytes((mtl_root / "cropped_aligned" / train.images[0]).read_bytes()[:200])  # truncated JPEG
+    ds = MTLDataset(root, train, input_size=32, train=True)
+    with pytest.raises(UnreadableImageError, match=train.images[0].replace("/", ".")):
+        ds[0]
+    task = mtl.MTLTask(_config(**{"data.root": str(root), "model.prior": "none"}), train, train)
+    assert task.image_paths()[0] == first and len(task.image_paths()) == len(train)

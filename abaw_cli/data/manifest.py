@@ -12,7 +12,7 @@ A manifest is a small YAML file in `<repo>/data_manifests/` (schema at the top o
         annotations: training_set_annotations.txt   # mtl annotation file, or
         # class_folders: training_set_synthetic_images   (lsd class-folder tree), or
         # labelled_list: list.csv  (lsd `image,expression`), or
-        # test_list: MTL_Challenge_test_set_release.txt  (unlabelled list)
+        # test_list: MTL_Challenge_test_set_release.txt  (unlabeled list)
         required: true             # default true; a missing optional split is only reported
         expected:                  # every count optional
           images: 142333
@@ -106,6 +106,22 @@ class Manifest:
 
 def available_manifests() -> list[str]:
     return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+
+
+# Manifest of a task's real data, and of the demo's (`abaw demo-data` writes OUT/mtl and OUT/lsd
+# beside OUT/demo_summary.json).
+_AUTO_MANIFESTS = {"mtl": ("s-aff-wild2-mtl", "demo-mtl"), "lsd": ("abaw4-lsd", "demo-lsd")}
+
+
+def pick_manifest(root: str | os.PathLike, name: str, task: str) -> str:
+    """`name`, or for `auto` the demo manifest of `task` (mtl | lsd) when `root` is a demo tree,
+    else the manifest of the task's real data."""
+    if name != "auto":
+        return name
+    real, demo = _AUTO_MANIFESTS[task]
+    if (Path(root).parent / "demo_summary.json").exists() and demo in available_manifests():
+        return demo
+    return real
 
 
 def _manifest_error(source: Path, reason: str) -> DatasetError:

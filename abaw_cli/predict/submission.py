@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from abaw_cli.data.formats import write_lsd_submission, write_mtl_submission
-from abaw_cli.data.lsd import UnlabelledFaces, eval_transform
+from abaw_cli.data.lsd import UnlabeledFaces, eval_transform
 from abaw_cli.predict.batching import FacePredictor
 from abaw_cli.predict.heads import OutputSpaceError
 from abaw_cli.predict.lists import ImageSet
@@ -64,7 +64,7 @@ def predict_image_set(
 ) -> SetSummary:
     check_task(image_set, predictor)
     space = predictor.space
-    dataset = UnlabelledFaces(image_set.paths(), eval_transform(space.input_size))
+    dataset = UnlabeledFaces(image_set.paths(), eval_transform(space.input_size))
     workers = default_workers(len(dataset)) if workers is None else workers
     loader = DataLoader(
         dataset, batch_size=batch, shuffle=False, num_workers=workers,

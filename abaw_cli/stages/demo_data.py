@@ -25,7 +25,7 @@ EXAMPLES = """
 
   OUT/mtl/cropped_aligned/<video>/<frame>.jpg + training/validation_set_annotations.txt  (train-mtl --data OUT/mtl)
   OUT/lsd/training_set_synthetic_images/<CLASS>/, OUT/lsd/validation_set_real_images/<CLASS>/  (cotrain --data OUT/lsd)
-  OUT/pool/  unlabelled faces (pretrain-mae)      OUT/videos/*.mp4 + *.csv  per-frame truth (crop-faces, predict)
+  OUT/pool/  unlabeled faces (pretrain-mae)      OUT/videos/*.mp4 + *.csv  per-frame truth (crop-faces, predict)
   OUT/contact_sheets/*.png  sample grids          OUT/demo_summary.json  counts
 """
 
@@ -41,7 +41,7 @@ def summary_table(summary: dict) -> Table:
     for split, name in (("train", "lsd synthetic"), ("val", "lsd real")):
         counts = summary["lsd"][split]
         t.add_row(name, str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in counts.items()))
-    t.add_row("pool", str(summary["pool"]), "unlabelled faces")
+    t.add_row("pool", str(summary["pool"]), "unlabeled faces")
     for v in summary["videos"]:
         t.add_row("video", str(v["frames"]), f"{v['name']} ({v['frames'] / v['fps']:.0f} s, truth in .csv)")
     return t

@@ -1,187 +1,19 @@
-"""`abaw pretrain-mae`: masked-autoencoder pretraining of the ViT on unlabelled face images.
-
-Run folder:
-    config.yaml                resolved config (a --resume reads it back)
-    log.jsonl                  one row per logged step + one per epoch
-    checkpoint-last.pt         full MAE model + train state (kind "mae"), every N steps and per epoch
-    encoder.pt                 {"model": encoder state dict with the official MAE key names, "meta": {...}}
-                               -> `--init` of train-mtl / cotrain, or timm's VisionTransformer
-    metrics.json, loss_curve.png
-    reconstructions/epoch_NNNN.png   original / masked / reconstructed rows, same faces and masks each epoch
-"""
+"""`abaw pretrain-mae`: the command line of MAE pretraining (the task: abaw_cli/train/mae.py)."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
-import torch
 import typer
-from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.utils import make_grid
 
-from abaw_cli.config import ConfigError, load_run_config, to_dict
-from abaw_cli.data.images import FaceImages, ImageSourceError, find_images
-from abaw_cli.models.mae import MaskedAutoencoder
-from abaw_cli.options import (
-    AccumOption,
-    BatchOption,
-    DeviceOption,
-    EpochsOption,
-    LrOption,
-    MaxStepsOption,
-    OutDirOption,
-    PresetOption,
-    ResumeOption,
-    RunSeedOption,
-    WorkersOption,
-)
+from abaw_cli.config import ConfigError
+from abaw_cli.data.images import ImageSourceError
+from abaw_cli.options import OutDirOption
 from abaw_cli.progress import console
-from abaw_cli.stages.common import check_preset, optim_overrides, stage_errors
-from abaw_cli.train.checkpoint import save_atomic
-from abaw_cli.train.engine import Engine, EngineError, Task, TrainConfig
-
-log = logging.getLogger(__name__)
-STAGE = "pretrain_mae"
-ENCODER_FILE = "encoder.pt"
-
-
-@dataclass
-class MAEModelConfig:
-    """Defaults = the paper's ViT-B/16 MAE (model_config of the "mae" registry builder)."""
-
-    size: str = "base"
-    img_size: int = 224
-    patch_size: int = 16
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True
-
-
-def _mae_optim() -> TrainConfig:
-    return TrainConfig(
-        epochs=800, batch_size=256, accum_steps=16, base_lr=1.5e-4, min_lr=0.0, warmup_epochs=40,
-        weight_decay=0.05, betas=(0.9, 0.95), layer_decay=1.0, clip_grad=None,
-    )
-
-
-@dataclass
-class PretrainMAEConfig:
-    model: MAEModelConfig = field(default_factory=MAEModelConfig)
-    optim: TrainConfig = field(default_factory=_mae_optim)
-    data: list[str] = field(default_factory=list)  # the DATA sources, recorded for the run
-    recon_images: int = 8  # faces in the per-epoch reconstruction grid
-
-
-class MAEPretrainData(Dataset):
-    """(image, masking noise): the noise is drawn with the item (under its own seed, see
-    engine.SeededDataset), so a face's mask does not depend on batch size, rank or a resume."""
-
-    def __init__(self, images: FaceImages, num_patches: int):
-        self.images = images
-        self.num_patches = num_patches
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], torch.rand(self.num_patches)
-
-
-def write_encoder(model: MaskedAutoencoder, path: Path) -> Path:
-    return save_atomic({"model": model.encoder_state_dict(), "meta": model.encoder_meta()}, path)
-
-
-def save_reconstruction_grid(model: MaskedAutoencoder, images: torch.Tensor, noise: torch.Tensor, path: Path) -> Path:
-    """Rows: original / masked input / reconstruction (visible patches pasted back)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    masked, recon = model.reconstruct(images.to(device), noise=noise.to(device))
-    model.train(was_training)
-    grid = make_grid(torch.cat([images, masked.cpu(), recon.cpu()]), nrow=len(images), padding=2, pad_value=1.0)
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
-    return path
-
-
-class MAETask(Task):
-    kind = "mae"
-
-    def __init__(self, cfg: PretrainMAEConfig, paths: list[Path]):
-        self.cfg = cfg
-        self.paths = paths
-        m = cfg.model
-        self.num_patches = (m.img_size // m.patch_size) ** 2
-        # Fixed faces and masks for the reconstruction grid, so epochs can be compared.
-        k = min(cfg.recon_images, len(paths))
-        picks = np.linspace(0, len(paths) - 1, k).round().astype(int) if k else []
-        shown = FaceImages([paths[i] for i in picks], m.img_size, train=False)
-        self.recon_images = torch.stack([shown[i] for i in range(len(shown))]) if k else None
-        self.recon_noise = torch.rand(k, self.num_patches, generator=torch.Generator().manual_seed(0))
-
-    def build_model(self) -> MaskedAutoencoder:
-        return MaskedAutoencoder(**to_dict(self.cfg.model))
-
-    def model_config(self) -> dict:
-        return to_dict(self.cfg.model)
-
-    def train_dataset(self) -> Dataset:
-        return MAEPretrainData(FaceImages(self.paths, self.cfg.model.img_size, train=True), self.num_patches)
-
-    def training_step(self, model, batch, device):
-        imgs, noise = batch
-        loss, _, _ = model(imgs, noise=noise)
-        return loss, {}
-
-    def checkpoint_meta(self, model, val_metrics) -> dict:
-        return model.encoder_meta()
-
-    def on_epoch_end(self, model, run_dir: Path, epoch: int, history: list[dict]) -> None:
-        write_encoder(model, run_dir / ENCODER_FILE)
-        if self.recon_images is not None:
-            save_reconstruction_grid(model, self.recon_images, self.recon_noise, run_dir / "reconstructions" / f"epoch_{epoch + 1:04d}.png")
-
-
-def resolve_config(
-    preset: str, out: Path, resume: bool, data: list[Path] | None, overrides: dict[str, Any]
-) -> PretrainMAEConfig:
-    """Preset + overrides for a new run; for --resume the run's own config.yaml + overrides."""
-    cfg = load_run_config(PretrainMAEConfig, STAGE, preset, out, resume, overrides)
-    if data:
-        cfg.data = [str(p) for p in data]
-    return cfg
-
-
-def pretrain_mae(
-    data: list[Path] | None,
-    out: Path,
-    preset: str = "cpu-small",
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[Path, list[dict]]:
-    """Python entry of the stage: returns (encoder.pt path, per-epoch history)."""
-    cfg = resolve_config(preset, out, resume, data, overrides or {})
-    if not cfg.data:
-        raise ImageSourceError("no DATA given (and no earlier run config to take it from)")
-    paths = find_images(cfg.data)
-    log.info("%d face images from %s", len(paths), ", ".join(cfg.data))
-    task = MAETask(cfg, paths)
-    history = Engine(cfg.optim, task, out, resume=resume, run_config=cfg).fit()
-    return out / ENCODER_FILE, history
-
+from abaw_cli.stages.common import TrainingOptions, stage_errors, training_command
+from abaw_cli.train.engine import EngineError
+from abaw_cli.train.mae import ENCODER_FILE, STAGE, pretrain_mae
 
 EXAMPLES = """
 
@@ -203,33 +35,23 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "pretrain-mae",
         help=(
-            "Masked-autoencoder pretraining of the ViT on unlabelled face images (folders, crop-faces "
+            "Masked-autoencoder pretraining of the ViT on unlabeled face images (folders, crop-faces "
             "faces.csv, .txt lists). Writes encoder.pt (official MAE key names) for train-mtl / cotrain --init, "
             "checkpoint-last.pt, log.jsonl, a loss curve and per-epoch reconstruction grids." + EXAMPLES
         ),
-        short_help="MAE pretraining of the ViT on unlabelled faces -> encoder.pt.",
+        short_help="MAE pretraining of the ViT on unlabeled faces -> encoder.pt.",
     )
+    @training_command(STAGE)
     def pretrain_mae_command(
         data: Annotated[
             list[Path] | None,
             typer.Argument(help="Folders of face images (searched recursively), faces.csv / .csv / .txt manifests, or images.", show_default=False),
         ] = None,
         out: OutDirOption = Path("runs/mae"),
-        preset: PresetOption = "cpu-small",
-        epochs: EpochsOption = None,
-        max_steps: MaxStepsOption = None,
-        batch: BatchOption = None,
-        accum: AccumOption = None,
-        lr: LrOption = None,
-        workers: WorkersOption = None,
-        resume: ResumeOption = False,
-        device: DeviceOption = "auto",
-        seed: RunSeedOption = None,
+        training: TrainingOptions = TrainingOptions(),
     ) -> None:
-        check_preset(STAGE, preset)
-        overrides = optim_overrides(epochs=epochs, max_steps=max_steps, batch=batch, accum=accum, lr=lr,
-                                    workers=workers, seed=seed, device=device, resume=resume)
         with stage_errors(ImageSourceError, ConfigError, EngineError):
-            encoder, history = pretrain_mae(data, out, preset, resume, overrides)
-        last = history[-1] if history else {}
-        console.print(f"encoder: {encoder}  (train loss {last.get('train_loss', float('nan')):.4f} at step {last.get('step', 0)})")
+            result = pretrain_mae(data, out, training.preset, training.resume, training.overrides(), training.check_images)
+        if result.main:
+            last = result.history[-1] if result.history else {}
+            console.print(f"encoder: {out / ENCODER_FILE}  (train loss {last.get('train_loss', float('nan')):.4f} at step {last.get('step', 0)})")

@@ -3,7 +3,7 @@
     OUT/mtl/cropped_aligned/<video>/<frame:05d>.jpg + training/validation_set_annotations.txt
     OUT/lsd/training_set_synthetic_images/<CLASS>/*.jpg   (one rendering style)
     OUT/lsd/validation_set_real_images/<CLASS>/*.jpg      (a photographic style: domain shift)
-    OUT/pool/<part>/*.jpg                                 (unlabelled faces for MAE)
+    OUT/pool/<part>/*.jpg                                 (unlabeled faces for MAE)
     OUT/videos/<name>.mp4 + <name>.csv                    (scenes with per-frame truth)
     OUT/contact_sheets/{mtl,lsd_synthetic,lsd_real,pool}.png
     OUT/demo_summary.json
