@@ -27,10 +27,8 @@ STYLES = ("wild", "synthetic", "photo")
 # Aligned crops: the eye midpoint sits here (fraction of the crop), the face half-width is this
 # fraction of the crop. Chosen so that MTCNN finds the five landmarks of a rendered crop where
 # crop-faces' aligner (faces.align.template_points) puts them in crops of the demo videos: a model
-# trained on these crops then sees video faces framed as it learned them. Measured on 96 crops:
-# mean landmark offset from the template <= 1.5 px (eye midpoint y 49.4 vs 48.5, eye distance
-# 29.1 vs 28.2 px); with the earlier (0.5, 0.40) / 0.34 the eyes sat 4.8 px too high, and a
-# classifier trained on the crops scored at chance on the videos' crop-faces crops.
+# trained on these crops then sees video faces framed as it learned them (mean landmark offset
+# from the template <= 1.5 px on 96 crops; tests/test_demo_data.py holds it under 2.5 px).
 EYE_POS = (0.5, 0.448)
 FACE_HALF_WIDTH = 0.327
 
