@@ -1,7 +1,8 @@
 """The closing tables of `make pipeline`: P_MTL and LSD F1 next to what chance would score.
 
 Run as `python -m abaw_cli.pipeline_summary RUNS`; reads RUNS/score/{mtl,lsd}.json written by
-`abaw score`. Chance is computed from the truth itself
+`abaw score`, and RUNS/train-mtl/metrics.json for the AU figures with thresholds tuned on
+validation (labelled: they flatter). Chance is computed from the truth itself
 (the class and AU frequencies in the score files), so it is the honest floor for this data:
 expression / LSD class drawn uniformly at random, every AU predicted present, VA uncorrelated.
 """
@@ -34,7 +35,15 @@ def all_positive_au_f1(positives: dict[str, int], n_frames: int) -> float:
     return float(np.mean(2 * p / (1 + p)))
 
 
-def mtl_table(result: dict) -> Table:
+def au_threshold_label(train_metrics: dict | None) -> str:
+    """How best.pt decided the AUs that `abaw score` scored: at 0.5, or at thresholds tuned on validation."""
+    thresholds = ((train_metrics or {}).get("best_epoch") or {}).get("details", {}).get("au_thresholds")
+    if not thresholds:
+        return "best.pt's AU thresholds"
+    return "AUs at 0.5" if all(t == 0.5 for t in thresholds.values()) else "AU thresholds tuned on validation: optimistic"
+
+
+def mtl_table(result: dict, train_metrics: dict | None = None) -> Table:
     s = result["scores"]
     truth_counts = np.array(result["confusion_matrix"]["counts"]).sum(axis=1)
     chance_expr = uniform_guess_macro_f1(truth_counts)
@@ -45,8 +54,14 @@ def mtl_table(result: dict) -> Table:
     table.add_row("CCC valence", f"{s['ccc_valence']:.3f}", "0.000")
     table.add_row("CCC arousal", f"{s['ccc_arousal']:.3f}", "0.000")
     table.add_row("expression macro-F1", f"{s['expression_f1']:.3f}", f"{chance_expr:.3f}")
-    table.add_row("AU mean F1", f"{s['au_f1']:.3f}", f"{chance_au:.3f}")
-    table.add_row("[bold]P_MTL", f"[bold]{s['p_mtl']:.3f}", f"[bold]{chance_expr + chance_au:.3f}")
+    label = au_threshold_label(train_metrics)
+    table.add_row(f"AU mean F1 ({label})", f"{s['au_f1']:.3f}", f"{chance_au:.3f}")
+    table.add_row(f"[bold]P_MTL[/] ({label})", f"[bold]{s['p_mtl']:.3f}", f"[bold]{chance_expr + chance_au:.3f}")
+    best = ((train_metrics or {}).get("best_epoch") or {}).get("metrics", {})
+    if "au_f1_val_tuned" in best:
+        table.add_section()
+        table.add_row("AU mean F1, thresholds tuned on validation (optimistic; train-mtl)", f"{best['au_f1_val_tuned']:.3f}", "")
+        table.add_row("P_MTL, AU thresholds tuned on validation (optimistic; train-mtl)", f"{best['p_mtl_val_tuned']:.3f}", "")
     return table
 
 
@@ -71,7 +86,9 @@ def lsd_table(result: dict) -> Table:
 def main(runs: Path) -> int:
     score_dir = runs / "score"
     shown = 0
-    for name, render in (("mtl", mtl_table), ("lsd", lsd_table)):
+    train_metrics_path = runs / "train-mtl" / "metrics.json"
+    train_metrics = json.loads(train_metrics_path.read_text()) if train_metrics_path.exists() else None
+    for name, render in (("mtl", lambda r: mtl_table(r, train_metrics)), ("lsd", lsd_table)):
         path = score_dir / f"{name}.json"
         if path.exists():
             console.print(render(json.loads(path.read_text())))

@@ -120,6 +120,30 @@ def test_score_prediction_table_uses_face_rows_and_source_frame_keys(tmp_path):
     assert (json_path.parent / "mine.confusion.png").is_file()
 
 
+def test_score_prediction_table_with_au_probabilities_adds_truth_tuned_figures(tmp_path):
+    truth, images, (pred_va, pred_expr, pred_aus), expected = make_mtl(tmp_path, seed=4)
+    rng = np.random.default_rng(4)
+    # Probabilities whose 0.5 decisions are the table's AU columns; other thresholds can do better.
+    probs = np.where(pred_aus == 1, rng.uniform(0.5, 1.0, pred_aus.shape), rng.uniform(0.0, 0.5, pred_aus.shape))
+    table = tmp_path / "predictions.csv"
+    with PredictionTableWriter(table, prediction_columns("mtl")) as out:
+        for i, image in enumerate(images):
+            source, frame = image.split("/")
+            row = {"source": source, "frame": int(frame[:5]), "face": 1, "det_score": 0.9, "valence": pred_va[i, 0],
+                   "arousal": pred_va[i, 1], "expression": labels.EXPRESSIONS[pred_expr[i]]}
+            row |= {au: int(pred_aus[i, j]) for j, au in enumerate(labels.AUS)}
+            row |= {f"p_{au}": probs[i, j] for j, au in enumerate(labels.AUS)}
+            out.write_row(row)
+    json_path = tmp_path / "scores.json"
+    result = runner.invoke(app, ["score", str(table), "--truth", str(truth), "--json", str(json_path)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(json_path.read_text())["scores"]
+    assert abs(scores["p_mtl"] - expected) < 1e-6  # the table's own decisions are what is scored
+    assert scores["au_f1_tuned_on_truth"] >= scores["au_f1"] - 1e-9
+    assert scores["p_mtl_tuned_on_truth"] == pytest.approx(scores["p_mtl"] - scores["au_f1"] + scores["au_f1_tuned_on_truth"])
+    assert "optimistic" in result.output
+
+
 def test_score_lsd_against_class_folders_and_labelled_list(tmp_path):
     rng = np.random.default_rng(3)
     keys, true = [], []
@@ -218,3 +242,21 @@ def test_score_is_listed_with_help_and_examples():
     result = runner.invoke(abaw_app, ["score", "--help"])
     assert result.exit_code == 0
     assert "Examples" in result.stdout and "--allow-partial" in result.stdout and "--truth" in result.stdout
+
+
+def test_pipeline_summary_labels_how_the_au_thresholds_were_chosen(tmp_path, capsys):
+    from abaw_cli import pipeline_summary
+
+    truth, images, (pred_va, pred_expr, pred_aus), _ = make_mtl(tmp_path, seed=5)
+    sub = write_mtl_submission(tmp_path / "sub.txt", images, pred_va, pred_expr, pred_aus)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(truth), "--json", str(runs / "score" / "mtl.json")])
+    assert result.exit_code == 0, result.output
+    fixed = {a: 0.5 for a in labels.AUS}
+    metrics = {"best_epoch": {"metrics": {"au_f1_val_tuned": 0.777, "p_mtl_val_tuned": 1.234}, "details": {"au_thresholds": fixed}}}
+    (runs / "train-mtl").mkdir()
+    (runs / "train-mtl" / "metrics.json").write_text(json.dumps(metrics))
+    assert pipeline_summary.main(runs) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "AU mean F1 (AUs at 0.5)" in text and "P_MTL (AUs at 0.5)" in text
+    assert "tuned on validation (optimistic" in text and "0.777" in text and "1.234" in text

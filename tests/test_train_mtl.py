@@ -144,7 +144,8 @@ def test_short_run_writes_best_pt_that_round_trips(tmp_path: Path, mtl_root: Pat
     best_epoch = on_disk["best_epoch"]
     assert best_epoch["metrics"] == result.best["metrics"]
     assert best_epoch["metrics"]["n_frames"] == n_val  # every validation frame was scored
-    assert set(best_epoch["metrics"]) >= {"p_mtl", "p_mtl_at_0.5", "ccc_valence", "ccc_arousal", "expression_f1", "au_f1"}
+    assert set(best_epoch["metrics"]) >= {"p_mtl", "p_mtl_val_tuned", "ccc_valence", "ccc_arousal", "expression_f1", "au_f1", "au_f1_val_tuned"}
+    assert best_epoch["metrics"]["au_f1_val_tuned"] >= best_epoch["metrics"]["au_f1"]  # tuned on the scored set
     assert len(best_epoch["details"]["au_thresholds"]) == 12
 
     model, ckpt = load_model(best, kinds=("mtl",))
@@ -218,3 +219,25 @@ def test_an_unreadable_frame_is_named_by_the_dataset(mtl_root: Path, tmp_path: P
         ds[0]
     task = mtl.MTLTask(_config(**{"data.root": str(root), "model.prior": "none"}), train, train)
     assert task.image_paths()[0] == first and len(task.image_paths()) == len(train)
+
+
+def test_a_tiny_emma_overfits_a_few_dozen_frames(mtl_root: Path, tmp_path: Path):
+    """A change that breaks learning (losses, heads, data order, optimiser) fails here: test-tiny
+    EMMA, full loss, must fit the expressions of 48 training frames within 150 steps."""
+    from abaw_cli.train.engine import Engine
+
+    train, _ = load_mtl_splits(mtl_root)
+    labelled = np.flatnonzero(train.has_expression)
+    rng = np.random.default_rng(0)
+    few = train.subset(np.sort(rng.choice(labelled, 48, replace=False)))
+    cfg = _config(**{"data.root": str(mtl_root), "model.prior": "none", "optim.epochs": 50, "optim.batch_size": 16,
+                     "optim.lr": 2e-3, "optim.warmup_epochs": 1, "optim.device": "cpu"})
+    task = mtl.MTLTask(cfg, few, few)
+    engine = Engine(cfg.optim, task, tmp_path / "run", run_config=cfg)
+    engine.fit()
+    model = engine.model.eval()
+    images = torch.stack([MTLDataset(mtl_root, few, 32, train=False)[i][0] for i in range(len(few))])
+    with torch.no_grad():
+        predicted = model(images)[:, 2:10].argmax(1).numpy()
+    accuracy = float((predicted == few.expression).mean())
+    assert accuracy >= 0.8, accuracy

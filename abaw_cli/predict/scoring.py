@@ -35,7 +35,7 @@ from abaw_cli.data.formats import (
     read_lsd_labelled_list, read_lsd_submission, read_mtl_annotations, read_mtl_submission, read_prediction_table,
     scan_lsd_folders,
 )
-from abaw_cli.metrics import expression_confusion, lsd_confusion, lsd_f1, mtl_scores
+from abaw_cli.metrics import expression_confusion, lsd_confusion, lsd_f1, mtl_scores, tune_au_thresholds
 from abaw_cli.plots import save_confusion_matrix
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class ScoreError(ValueError):
 
 @dataclass
 class Predictions:
-    """Predictions keyed by image. MTL: va (N,2), classes = expression 0..7, aus (N,12) 0/1.
-    LSD: classes = 0..5."""
+    """Predictions keyed by image. MTL: va (N,2), classes = expression 0..7, aus (N,12) 0/1 and,
+    from a prediction table, au_probs (N,12). LSD: classes = 0..5."""
 
     path: Path
     kind: str  # submission | prediction_table
@@ -58,6 +58,7 @@ class Predictions:
     classes: np.ndarray
     va: np.ndarray | None = None
     aus: np.ndarray | None = None
+    au_probs: np.ndarray | None = None
 
 
 @dataclass
@@ -149,7 +150,9 @@ def _from_prediction_table(path: Path) -> Predictions:
     bad = np.flatnonzero(((aus != 0) & (aus != 1)).any(axis=1))
     if bad.size:
         raise FormatError(path, int(picked[bad[0]]) + 2, "AU columns must hold 0 or 1")
-    return Predictions(path, "prediction_table", task, keys, classes, va=va, aus=aus.astype(np.int64))
+    probs = np.stack([table[f"p_{a}"][picked] for a in labels.AUS], axis=1)
+    return Predictions(path, "prediction_table", task, keys, classes, va=va, aus=aus.astype(np.int64),
+                       au_probs=probs if np.isfinite(probs).all() else None)
 
 
 def load_predictions(path: str | Path) -> Predictions:
@@ -225,6 +228,11 @@ def score_files(
     if pred.task == "mtl":
         sub_truth: MTLAnnotations = truth.subset(covered)
         scores = mtl_scores(pred.va[rows], pred.classes[rows], pred.aus[rows], sub_truth)
+        if pred.au_probs is not None:
+            # Beside the predictions' own AU decisions: thresholds tuned on this truth (optimistic).
+            probs = pred.au_probs[rows]
+            tuned = mtl_scores(pred.va[rows], pred.classes[rows], (probs >= tune_au_thresholds(probs, sub_truth.aus)).astype(np.int64), sub_truth)
+            scores["au_f1_tuned_on_truth"], scores["p_mtl_tuned_on_truth"] = tuned["au_f1"], tuned["p_mtl"]
         confusion = expression_confusion(pred.classes[rows], sub_truth.expression)
         class_names = list(labels.EXPRESSIONS)
     else:

@@ -34,9 +34,13 @@ def render_table(result: ScoreResult) -> Table:
         for name, value in s["expression_f1_per_class"].items():
             table.add_row(f"  F1 {name}", f"{value:.4f}", f"{result.confusion[labels.EXPRESSIONS.index(name)].sum():,}")
         table.add_section()
-        table.add_row("[bold]AU mean F1[/]", f"{s['au_f1']:.4f}", f"{s['n_au']:,}")
+        table.add_row("[bold]AU mean F1[/] (the predictions' AU decisions)", f"{s['au_f1']:.4f}", f"{s['n_au']:,}")
         for name, value in s["au_f1_per_au"].items():
             table.add_row(f"  F1 {name} ({labels.AU_NAMES[name]})", f"{value:.4f}", f"{s['n_au_positive'][name]:,} pos")
+        if "au_f1_tuned_on_truth" in s:
+            table.add_section()
+            table.add_row("AU mean F1, thresholds tuned on this truth (optimistic)", f"{s['au_f1_tuned_on_truth']:.4f}", "")
+            table.add_row("P_MTL, AU thresholds tuned on this truth (optimistic)", f"{s['p_mtl_tuned_on_truth']:.4f}", "")
     else:
         table = Table(title=f"LSD macro-F1 = {s['f1']:.4f}  ({result.prediction.name} vs {result.truth.name})")
         for name, justify in (("metric", "left"), ("value", "right"), ("frames", "right")):

@@ -60,12 +60,16 @@ def register(app: typer.Typer) -> None:
         va_input: Annotated[str | None, typer.Option("--va-input", help="What the VA head reads besides the prior: logits (the paper: ViT's 20 logits) or features (ViT CLS features; ablation).")] = None,
         balanced: Annotated[bool | None, typer.Option("--balanced/--no-balanced", help="Class-balanced sampling of the 8 expressions.")] = None,
         label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="Label smoothing of the expression cross-entropy.")] = None,
+        au_thresholds: Annotated[str | None, typer.Option("--au-thresholds", help=(
+            "AU thresholds best.pt hands to predict: fixed (0.5) or validation (tuned on the validation set, for "
+            "test-set submissions; scores of validation itself are then optimistic). best.pt is chosen at 0.5 either way."))] = None,
         manifest: Annotated[str | None, typer.Option("--manifest", help="Dataset manifest to check --data against (auto: demo-mtl for demo data, else s-aff-wild2-mtl).")] = None,
         training: TrainingOptions = TrainingOptions(),
     ) -> None:
         overrides = {
             "data.root": str(data) if data else None, "init": init, "model.prior": cnn, "model.va_input": va_input,
             "loss.balanced": balanced, "loss.label_smoothing": label_smoothing, "data.manifest": manifest,
+            "au_thresholds": au_thresholds,
         } | training.overrides()
         with stage_errors(DatasetError, FormatError, ConfigError, EngineError, EncoderLoadError, CheckpointError, FileNotFoundError, ValueError):
             result = train_mtl(out, training.preset, training.resume, overrides, training.check_images)
@@ -74,8 +78,9 @@ def register(app: typer.Typer) -> None:
         if result.best:
             m = result.best["metrics"]
             console.print(
-                f"best: {result.best_checkpoint} (epoch {result.best['epoch'] + 1})  P_MTL {m['p_mtl']:.4f} (at 0.5: {m['p_mtl_at_0.5']:.4f}) "
-                f"= VA {m['va']:.4f} (V {m['ccc_valence']:.3f}, A {m['ccc_arousal']:.3f}) + expr F1 {m['expression_f1']:.4f} + AU F1 {m['au_f1']:.4f}"
+                f"best: {result.best_checkpoint} (epoch {result.best['epoch'] + 1})  P_MTL {m['p_mtl']:.4f} = VA {m['va']:.4f} "
+                f"(V {m['ccc_valence']:.3f}, A {m['ccc_arousal']:.3f}) + expr F1 {m['expression_f1']:.4f} + AU F1 {m['au_f1']:.4f} "
+                f"(AUs at 0.5; with thresholds tuned on validation: AU F1 {m['au_f1_val_tuned']:.4f}, P_MTL {m['p_mtl_val_tuned']:.4f})"
             )
         else:
             console.print(f"run folder: {out}")

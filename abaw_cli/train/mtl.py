@@ -3,11 +3,13 @@ behind `abaw train-mtl`.
 
 Run folder (besides the engine's config.yaml, log.jsonl, checkpoint-last.pt, metrics.json and
 loss_curve.png):
-    best.pt              the epoch with the highest validation P_MTL (AU thresholds tuned on validation);
+    best.pt              the epoch with the highest validation P_MTL (AUs at 0.5, not tuned on validation);
                          meta: input_size, expressions (labels.EXPRESSIONS), aus (labels.AUS),
-                         au_thresholds (12 sigmoid-probability thresholds, used by `abaw predict`),
+                         au_thresholds (12 sigmoid-probability thresholds, used by `abaw predict`:
+                         0.5, or tuned on validation with `au_thresholds: validation`),
                          normalization, prior (the --cnn spec), prior_classes, output_layout, init,
-                         metrics (incl. P_MTL at tuned thresholds and at 0.5), metrics_detail (per class / AU)
+                         metrics (P_MTL with AUs at 0.5 and with validation-tuned thresholds),
+                         metrics_detail (per class / AU, both threshold sets)
     val_curves.png       P_MTL (tuned / 0.5), VA CCC, expression F1, AU F1 per epoch
     confusion_matrix.png validation expression confusion matrix of the best epoch
 metrics.json's best_epoch.details holds the per-class / per-AU F1s and the AU thresholds.
@@ -21,9 +23,10 @@ every micro-batch); here it is one more top-layer group of the same AdamW and sc
 
 Validation (every epoch, every validation frame in file order, no shuffling, no dropped batch):
 CCC of V and A, macro-F1 of the 8 expressions, mean F1 of the 12 AUs, P_MTL = mean CCC + expr F1 +
-AU F1. AU decisions threshold sigmoid probabilities (not logits): per-AU thresholds are tuned on the
-validation set (metrics.tune_au_thresholds) and stored in best.pt; the P_MTL at 0.5 is reported
-beside it (`p_mtl_at_0.5`), as tuning on the scored set flatters the tuned number.
+AU F1. AU decisions threshold sigmoid probabilities (not logits) at 0.5: `p_mtl` and `au_f1`, which
+select best.pt, use no threshold tuned on the set they score. Beside them, `p_mtl_val_tuned` and
+`au_f1_val_tuned` use per-AU thresholds tuned on validation itself (metrics.tune_au_thresholds):
+the thresholds a challenge entry would take to the test set, and an optimistic score of validation.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ from abaw_cli.train.losses import MTLLoss, MTLLossWeights, au_pos_weight
 
 log = logging.getLogger(__name__)
 STAGE = "train_mtl"
+# AU decisions of the selection metric (and of best.pt unless `au_thresholds: validation`).
+FIXED_AU_THRESHOLD = 0.5
+AU_THRESHOLD_CHOICES = ("fixed", "validation")
 OUTPUT_LAYOUT = "[valence, arousal, 8 expression logits (expressions order), 12 AU logits (aus order)]"
 
 
@@ -98,6 +104,9 @@ def _paper_optim() -> TrainConfig:
 @dataclass
 class TrainMTLConfig:
     init: str = INIT_NONE  # encoder.pt (ours), a public MAE file, or "none" (random init)
+    # The AU thresholds best.pt gives `abaw predict`: fixed (0.5) or validation (tuned on the
+    # validation set: for test-set submissions; predictions of validation itself then flatter).
+    au_thresholds: str = "fixed"
     model: MTLModelConfig = field(default_factory=MTLModelConfig)
     loss: MTLLossConfig = field(default_factory=MTLLossConfig)
     data: MTLDataConfig = field(default_factory=MTLDataConfig)
@@ -107,6 +116,8 @@ class TrainMTLConfig:
 def check_config(cfg: TrainMTLConfig) -> None:
     if cfg.model.va_input not in VA_INPUTS:
         raise ConfigError(f"--va-input must be one of {', '.join(VA_INPUTS)} (got {cfg.model.va_input!r})")
+    if cfg.au_thresholds not in AU_THRESHOLD_CHOICES:
+        raise ConfigError(f"--au-thresholds must be one of {', '.join(AU_THRESHOLD_CHOICES)} (got {cfg.au_thresholds!r})")
     if not 0.0 <= cfg.loss.label_smoothing < 1.0:
         raise ConfigError(f"--label-smoothing must be in [0, 1) (got {cfg.loss.label_smoothing})")
 
@@ -122,7 +133,7 @@ def resolve_config(preset: str, out: Path, resume: bool, overrides: dict[str, An
 class MTLTask(Task):
     kind = "mtl"
     selection_metric = "p_mtl"
-    curve_keys = ("val_p_mtl", "val_p_mtl_at_0.5", "val_va", "val_expression_f1", "val_au_f1", "train_loss")
+    curve_keys = ("val_p_mtl", "val_p_mtl_val_tuned", "val_va", "val_expression_f1", "val_au_f1", "train_loss")
     curve_title = "EMMA validation (every frame)"
 
     def __init__(self, cfg: TrainMTLConfig, train: MTLAnnotations, val: MTLAnnotations, preset: str = ""):
@@ -193,28 +204,30 @@ class MTLTask(Task):
     def validate(self, model, device, epoch) -> dict[str, float]:
         va, expression_logits, au_probs = self.predict_validation(model, device)
         expression = expression_logits.argmax(axis=1)
-        thresholds = tune_au_thresholds(au_probs, self.val.aus)
-        tuned = mtl_scores(va, expression, (au_probs >= thresholds).astype(np.int64), self.val)
-        at_half = mtl_scores(va, expression, (au_probs >= 0.5).astype(np.int64), self.val)
-        self.thresholds = thresholds
+        tuned_thresholds = tune_au_thresholds(au_probs, self.val.aus)
+        fixed = mtl_scores(va, expression, (au_probs >= FIXED_AU_THRESHOLD).astype(np.int64), self.val)
+        tuned = mtl_scores(va, expression, (au_probs >= tuned_thresholds).astype(np.int64), self.val)
+        fixed_thresholds = np.full(len(AUS), FIXED_AU_THRESHOLD, dtype=np.float32)
+        self.thresholds = tuned_thresholds if self.cfg.au_thresholds == "validation" else fixed_thresholds
         self.details = {
-            "au_thresholds": {a: float(t) for a, t in zip(AUS, thresholds)},
-            "expression_f1_per_class": tuned["expression_f1_per_class"],
-            "au_f1_per_au": tuned["au_f1_per_au"],
-            "au_f1_per_au_at_0.5": at_half["au_f1_per_au"],
-            "warnings": tuned["warnings"],
+            "au_thresholds": {a: float(t) for a, t in zip(AUS, self.thresholds)},
+            "au_thresholds_val_tuned": {a: float(t) for a, t in zip(AUS, tuned_thresholds)},
+            "expression_f1_per_class": fixed["expression_f1_per_class"],
+            "au_f1_per_au": fixed["au_f1_per_au"],
+            "au_f1_per_au_val_tuned": tuned["au_f1_per_au"],
+            "warnings": fixed["warnings"],
         }
         self._confusion = expression_confusion(expression, self.val.expression) if self.val.has_expression.any() else None
         return {
-            "p_mtl": tuned["p_mtl"],
-            "p_mtl_at_0.5": at_half["p_mtl"],
-            "va": tuned["va"],
-            "ccc_valence": tuned["ccc_valence"],
-            "ccc_arousal": tuned["ccc_arousal"],
-            "expression_f1": tuned["expression_f1"],
-            "au_f1": tuned["au_f1"],
-            "au_f1_at_0.5": at_half["au_f1"],
-            "n_frames": tuned["n_frames"],
+            "p_mtl": fixed["p_mtl"],
+            "p_mtl_val_tuned": tuned["p_mtl"],
+            "va": fixed["va"],
+            "ccc_valence": fixed["ccc_valence"],
+            "ccc_arousal": fixed["ccc_arousal"],
+            "expression_f1": fixed["expression_f1"],
+            "au_f1": fixed["au_f1"],
+            "au_f1_val_tuned": tuned["au_f1"],
+            "n_frames": fixed["n_frames"],
         }
 
     def validation_details(self) -> dict:
