@@ -111,6 +111,9 @@ def available_manifests() -> list[str]:
 # Manifest of a task's real data, and of the demo's (`abaw demo-data` writes OUT/mtl and OUT/lsd
 # beside OUT/demo_summary.json).
 _AUTO_MANIFESTS = {"mtl": ("s-aff-wild2-mtl", "demo-mtl"), "lsd": ("abaw4-lsd", "demo-lsd")}
+DEMO_MANIFESTS: frozenset[str] = frozenset(demo for _, demo in _AUTO_MANIFESTS.values())
+# The file `abaw demo-data` leaves at the top of its output: what marks a folder as demo data.
+DEMO_MARKER = "demo_summary.json"
 
 
 def pick_manifest(root: str | os.PathLike, name: str, task: str) -> str:
@@ -119,9 +122,16 @@ def pick_manifest(root: str | os.PathLike, name: str, task: str) -> str:
     if name != "auto":
         return name
     real, demo = _AUTO_MANIFESTS[task]
-    if (Path(root).parent / "demo_summary.json").exists() and demo in available_manifests():
+    if (Path(root).parent / DEMO_MARKER).exists() and demo in available_manifests():
         return demo
     return real
+
+
+def is_demo_data(path: str | os.PathLike) -> bool:
+    """True when `path` lies in a tree written by `abaw demo-data` (a folder above it holds
+    demo_summary.json): its faces are rendered, not real."""
+    path = Path(path).absolute()
+    return any((folder / DEMO_MARKER).is_file() for folder in (path, *path.parents))
 
 
 def _manifest_error(source: Path, reason: str) -> DatasetError:

@@ -4,7 +4,8 @@ task behind `abaw cotrain`.
 Run folder (besides the engine's config.yaml, log.jsonl, checkpoint-last.pt, metrics.json and
 loss_curve.png):
     best.pt                both views, selected by the pair's validation macro-F1; meta: classes
-                           (labels.LSD_CLASSES), input_size, metrics, mask_ratio, init
+                           (labels.LSD_CLASSES), input_size, metrics, mask_ratio, init, dataset
+                           (the data manifest, e.g. demo-lsd)
     confusion_matrix.png   the pair's validation confusion matrix at the best epoch
     val_curves.png         macro-F1 of view 1, view 2 and the pair per epoch
 
@@ -344,6 +345,8 @@ class CotrainTask(Task):
             "num_views": self.cfg.model.num_views,
             "mask_ratio": self.cfg.model.mask_ratio,
             "init": self.cfg.init,
+            # The data manifest it learned from: predict warns when a demo model meets real faces.
+            "dataset": pick_manifest(data_root(self.cfg), self.cfg.data.manifest, "lsd"),
             "normalization": "ImageNet mean/std inside the model; input float RGB in [0, 1]",
             "metrics": dict(val_metrics or {}),
         }

@@ -9,7 +9,8 @@ loss_curve.png):
                          0.5, or tuned on validation with `au_thresholds: validation`),
                          normalization, prior (the --cnn spec), prior_classes, output_layout, init,
                          metrics (P_MTL with AUs at 0.5 and with validation-tuned thresholds),
-                         metrics_detail (per class / AU, both threshold sets)
+                         metrics_detail (per class / AU, both threshold sets), dataset (the data
+                         manifest it learned from, e.g. demo-mtl)
     val_curves.png       P_MTL (tuned / 0.5), VA CCC, expression F1, AU F1 per epoch
     confusion_matrix.png validation expression confusion matrix of the best epoch
 metrics.json's best_epoch.details holds the per-class / per-AU F1s and the AU thresholds.
@@ -248,6 +249,8 @@ class MTLTask(Task):
             "prior_classes": list(prior.class_names) if prior is not None else [],
             "va_input": self.cfg.model.va_input,
             "init": self.cfg.init,
+            # The data manifest it learned from: predict warns when a demo model meets real faces.
+            "dataset": pick_manifest(self.root, self.cfg.data.manifest, "mtl"),
             "metrics": dict(val_metrics or {}),
             "metrics_detail": self.details,
         }
