@@ -91,8 +91,9 @@ def ensure_model(args, demo: Path) -> Path:
     return out / "best.pt"
 
 
-def paper_checkpoint(path: Path) -> Path:
-    """A randomly initialised paper-preset EMMA (ViT-B/16 at 224, fer prior) saved as a best.pt."""
+def random_init_checkpoint(path: Path, preset: str = "paper") -> Path:
+    """A randomly initialised EMMA of a train-mtl preset (paper: ViT-B/16 at 224; fer prior) saved
+    as a best.pt: for speed measurements, which do not depend on the weights."""
     from abaw_cli.config import load_config
     from abaw_cli.labels import AUS
     from abaw_cli.models.emma import EMMA, emma_model_config
@@ -101,8 +102,8 @@ def paper_checkpoint(path: Path) -> Path:
     from abaw_cli.train.mtl import STAGE, TrainMTLConfig
     from abaw_cli.train.checkpoint import make_checkpoint, save_atomic
 
-    cfg = load_config(TrainMTLConfig, STAGE, "paper", {"init": "none"})
-    vit = resolve_vit_config(cfg.model, None, "paper")
+    cfg = load_config(TrainMTLConfig, STAGE, preset, {"init": "none"})
+    vit = resolve_vit_config(cfg.model, None, preset)
     prior = build_prior(cfg.model.prior)
     m = cfg.model
     model_config = emma_model_config(vit, prior, m.head_hidden, m.va_hidden, m.va_input)
@@ -325,7 +326,7 @@ def main() -> None:
 
     if torch.cuda.is_available():
         print("== CUDA throughput (paper model, random init)", flush=True)
-        paper = paper_checkpoint(RUNS / "paper-random-init.pt")
+        paper = random_init_checkpoint(RUNS / "paper-random-init.pt")
         results["cuda"] = throughput(video, paper, resolve_device("cuda"), 128, args.repeats, work, args.min_face)
         results["cuda"]["gpu"] = torch.cuda.get_device_name()
 

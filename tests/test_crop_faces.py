@@ -16,7 +16,7 @@ from abaw_cli.cli import app
 from abaw_cli.faces.detector import FaceDetector
 from abaw_cli.faces.manifest import FACES_COLUMNS
 from abaw_cli.faces.sources import expand_inputs
-from abaw_cli.faces.stream import reserve_core_for_io
+from abaw_cli.faces.stream import iter_frame_faces, reserve_core_for_io
 from abaw_cli.faces.tracker import box_iou
 from abaw_cli.faces.video import open_source
 from abaw_cli.faces.crop import crop_faces, process_source
@@ -177,3 +177,27 @@ def test_interrupted_source_leaves_nothing_and_is_redone(tmp_path, inputs):
     rows = read_table(out / "faces.csv")
     assert [r["frame"] for r in rows] == ["0", "1", "2", "3", "4"]
     assert len(list((out / "talk").glob("*.jpg"))) == 4
+
+
+def test_a_large_photo_is_searched_on_a_640_copy_and_cropped_at_full_resolution(tmp_path):
+    """A 1350 px photo: MTCNN sees a copy of 640 px, the boxes come back in the photo's pixels
+    (where a search of the 640 px photo puts them, scaled), and the crop is cut from the original."""
+    from abaw_cli.faces.align import align_face
+
+    big = cv2.resize(data.astronaut(), (1350, 1350), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    detector = FaceDetector(device="cpu")
+    searched: list[tuple[int, ...]] = []
+    real_detect = detector._mtcnn.detect
+    detector._mtcnn.detect = lambda stack, **kw: (searched.append(stack.shape), real_detect(stack, **kw))[1]
+    (source,), _ = expand_inputs([path])
+    (ff,) = list(iter_frame_faces(source, detector, size=224))
+    assert searched == [(1, 640, 640, 3)]
+    assert ff.image.shape == (1350, 1350, 3) and len(ff.faces) == 1
+    small = cv2.resize(big, (640, 640), interpolation=cv2.INTER_AREA)
+    expected = detector.detect([small])[0].boxes[:1] * (1350 / 640)
+    assert box_iou(ff.faces[0].box[None], expected)[0, 0] > 0.97
+    crop, _ = align_face(big, ff.faces[0].landmarks, 224)
+    np.testing.assert_array_equal(ff.faces[0].crop, crop)
+    assert ff.faces[0].box[2] > 640  # in the photo's own pixels

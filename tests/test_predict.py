@@ -367,7 +367,7 @@ def test_detect_every_runs_the_detector_on_every_kth_frame_and_follows_between(t
     detector = FaceDetector(device="cpu", min_face=40)
     detected_frames = []
     real_detect = detector.detect
-    detector.detect = lambda frames: (detected_frames.extend([len(frames)]), real_detect(frames))[1]
+    detector.detect = lambda frames, *rest: (detected_frames.extend([len(frames)]), real_detect(frames, *rest))[1]
     source = expand_inputs([video])[0][0]
     out = list(iter_frame_faces(source, detector, faces="largest", detect_every=3, keep_image=False))
     assert [ff.frame for ff in out] == list(range(7))

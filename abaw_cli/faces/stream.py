@@ -11,9 +11,11 @@
 
 `source` is a sources.Source (opened and closed here) or an already opened video.VideoReader /
 ImageSequenceReader (left open: the caller owns it and can read its metadata). Frames come out in
-source order. `faces="largest"` keeps the largest face of each frame as track 0; `faces="all"`
-keeps every face with ids from tracker.FaceTracker. min_face and thresholds belong to the
-detector; the batch size is the detector's unless `batch` is given.
+source order. Image files (photos) are searched for faces on a copy of at most PHOTO_DETECT_SIDE
+px and cropped from the full-resolution image (faces.detector). `faces="largest"` keeps the
+largest face of each frame as track 0; `faces="all"` keeps every face with ids from
+tracker.FaceTracker. min_face and thresholds belong to the detector; the batch size is the
+detector's unless `batch` is given.
 
 Where the time goes: decoding runs in the reader's thread and fills a bounded queue while the
 calling thread runs MTCNN on up to `batch` frames (torch releases the GIL; a batch is whatever is
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 
 from abaw_cli.faces.align import align_face
-from abaw_cli.faces.detector import Detections, FaceDetector
+from abaw_cli.faces.detector import PHOTO_DETECT_SIDE, Detections, FaceDetector
 from abaw_cli.faces.follow import LandmarkFollower
 from abaw_cli.faces.sources import Source
 from abaw_cli.faces.tracker import FaceTracker
@@ -139,10 +141,12 @@ def iter_frame_faces(
     follower = LandmarkFollower() if detect_every > 1 else None
     # With K > 1, gather K times more frames so that the detector still sees `batch` frames a call.
     group = batch if follower is None else min(batch * detect_every, max(batch, 64))
+    # Photos are searched on a copy of at most PHOTO_DETECT_SIDE px and cropped at full resolution.
+    max_side = PHOTO_DETECT_SIDE if isinstance(reader, ImageSequenceReader) else None
     try:
         seen = 0  # reader position of the first frame of each group (detect_every counts from it)
         for frames in reader.batches(group):  # up to `group` frames, without waiting for a full one
-            yield from _detect_and_align(frames, detector, size, faces, tracker, keep_image, follower, detect_every, seen)
+            yield from _detect_and_align(frames, detector, size, faces, tracker, keep_image, follower, detect_every, seen, max_side)
             seen += len(frames)
     finally:
         if owned:
@@ -159,10 +163,11 @@ def _detect_and_align(
     follower: LandmarkFollower | None = None,
     detect_every: int = 1,
     first_position: int = 0,
+    max_side: int | None = None,
 ) -> Iterator[FrameFaces]:
     # Frame at reader position p is detected when p % detect_every == 0; the others are followed.
     detect_at = [i for i in range(len(frames)) if follower is None or (first_position + i) % detect_every == 0]
-    detected = dict(zip(detect_at, detector.detect([frames[i].rgb for i in detect_at]) if detect_at else []))
+    detected = dict(zip(detect_at, detector.detect([frames[i].rgb for i in detect_at], max_side) if detect_at else []))
     for i, frame in enumerate(frames):
         if i in detected:
             dets = detected[i]
