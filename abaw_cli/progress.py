@@ -16,9 +16,10 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def make_progress(*extra_columns, transient: bool = False) -> Progress:
+def make_progress(*extra_columns, transient: bool = False, disable: bool = False) -> Progress:
     """A rich Progress with description, bar, n/total, %, elapsed, ETA and any extra columns
-    (e.g. TextColumn("{task.fields[loss]}") for a training loss)."""
+    (e.g. TextColumn("{task.fields[loss]}") for a training loss). `disable`: draws nothing (the
+    other ranks under torchrun, whose bars would overwrite rank 0's)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -30,4 +31,5 @@ def make_progress(*extra_columns, transient: bool = False) -> Progress:
         *extra_columns,
         console=console,
         transient=transient,
+        disable=disable,
     )

@@ -302,7 +302,8 @@ def test_prediction_columns():
     mtl = prediction_columns("mtl")
     assert mtl[:10] == ["source", "frame", "time_s", "track", "face", "x1", "y1", "x2", "y2", "det_score"]
     assert {"valence", "arousal", "expression", "p_Neutral", "p_AU26", "AU26"} <= set(mtl)
-    assert len(mtl) == 10 + 3 + 8 + 12 + 12
+    assert len(mtl) == 10 + 3 + 8 + 12 + 12 + 1 + 8  # ... + prior_expression, prior_<Expression> x8
+    assert mtl[-9:] == ["prior_expression", *(f"prior_{e}" for e in labels.EXPRESSIONS)]
     lsd = prediction_columns("lsd")
     assert lsd[10:] == ["expression", *(f"p_{c}" for c in labels.LSD_CLASSES)]
     assert prediction_table_task(mtl) == "mtl" and prediction_table_task(lsd) == "lsd"

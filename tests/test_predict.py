@@ -72,7 +72,7 @@ def video_run(tmp_path_factory, demo_video: Path, tiny_mtl_model: Path) -> dict:
     out = tmp_path_factory.mktemp("predict-video")
     result = _invoke(
         "predict", demo_video, "--model", tiny_mtl_model, "--out", out / "table.csv",
-        "--overlay", out / "overlay.mp4", "--plot", out / "timeline.png", "--smooth", "0.2", "--device", "cpu",
+        "--overlay", out / "overlay.mp4", "--overlay-label", "prior", "--plot", out / "timeline.png", "--smooth", "0.2", "--device", "cpu",
         "--min-face", "40",  # the demo faces are ~55 px: a shorter MTCNN pyramid, half the test time
     )
     return {"result": result, "out": out}
@@ -102,6 +102,14 @@ def test_video_table_has_one_row_per_frame_and_the_documented_columns(video_run,
     assert np.isfinite(table["valence"][face]).all() and np.isfinite(table["x1"][face]).all()
     # Rows without a face carry no predictions.
     assert np.isnan(table["valence"][~face]).all()
+    # The fer prior's own reading: its 7 classes in ABAW order (no Other), a distribution, its argmax named.
+    prior = np.stack([table[f"prior_{e}"] for e in labels.EXPRESSIONS], 1)[face]
+    assert np.isnan(prior[:, labels.EXPRESSIONS.index("Other")]).all()
+    np.testing.assert_allclose(prior[:, :7].sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(table["prior_expression"][face], np.asarray(labels.EXPRESSIONS)[prior[:, :7].argmax(1)])
+    assert (table["prior_expression"][~face] == "").all()
+    # The demo model on demo data: no warning about rendered faces.
+    assert "rendered" not in video_run["result"].output
 
 
 def test_video_faces_follow_the_demo_truth_boxes(video_run, demo_video):
@@ -255,7 +263,7 @@ def test_parquet_needs_pyarrow_or_round_trips(tmp_path, demo_video, tiny_mtl_mod
     from abaw_cli.predict.tables import ParquetTableWriter, frame_rows, table_columns
 
     space = Space.from_checkpoint({"kind": "mtl", "meta": {"input_size": 32, "au_thresholds": [0.5] * 12}})
-    values = np.concatenate([[0.1, -0.2], np.full(8, 1 / 8), np.full(12, 0.6)]).astype(np.float32)
+    values = np.concatenate([[0.1, -0.2], np.full(8, 1 / 8), np.full(12, 0.6), np.full(8, np.nan)]).astype(np.float32)
     with ParquetTableWriter(tmp_path / "t.parquet", table_columns(space), group_rows=2) as w:
         for i in range(5):
             faces = (FacePrediction(0, np.array([1, 2, 3, 4], np.float32), 0.9, values),) if i % 2 else ()
@@ -317,12 +325,39 @@ def test_output_space_decodes_emma_outputs_and_maps_lsd_classes():
     raw[0, 2 + labels.EXPRESSIONS.index("Happiness")] = 5.0
     raw[0, 10 + labels.AUS.index("AU12")] = 3.0
     values = space.decode(raw)
-    assert values.shape == (1, 22)
+    assert values.shape == (1, 30) and np.isnan(values[0, 22:]).all()  # no prior: its columns empty
     assert values[0, :2] == pytest.approx([0.3, -0.4])
     assert space.classes[int(space.class_index(values)[0])] == "Happiness"
     assert list(np.flatnonzero(space.au_decisions(values)[0])) == [labels.AUS.index("AU12")]
     lsd = space.lsd_scores(values)
     assert labels.LSD_CLASSES[int(lsd.argmax())] == "HAPPINESS"
+
+
+@pytest.mark.parametrize("order", ["fer2013", "affectnet8"])
+def test_prior_probabilities_land_in_abaw_order_empty_where_the_prior_lacks_a_class(order):
+    import torch
+
+    from abaw_cli.models.priors.label_orders import LABEL_ORDERS
+    from abaw_cli.predict.tables import prior_cells
+
+    names, to_abaw = LABEL_ORDERS[order]
+    ckpt = {"kind": "mtl", "meta": {"input_size": 32}, "model_config": {"prior": {"label_order": order}}}
+    space = OutputSpace.from_checkpoint(ckpt)
+    prior_logits = torch.full((1, len(names)), -4.0)
+    prior_logits[0, names.index("happy")] = 3.0
+    values = space.decode(torch.zeros(1, 22), prior_logits)[0]
+    probs = torch.softmax(prior_logits, 1)[0].numpy()
+    prior = values[space.prior_slice]
+    for i, j in enumerate(to_abaw):
+        if j is not None:
+            assert prior[j] == pytest.approx(probs[i], abs=1e-6)
+    # Neither has ABAW's Other (contempt is not Other): that column stays empty.
+    assert np.isnan(prior[labels.EXPRESSIONS.index("Other")]) and np.isfinite(prior[:7]).all()
+    cells = prior_cells(values, space)
+    assert cells["prior_expression"] == "Happiness" and "prior_Other" not in cells
+    # A prior class ABAW lacks (AffectNet's contempt) has no column: the rest sum to 1 - p(contempt).
+    lost = probs[names.index("contempt")] if "contempt" in names else 0.0
+    assert np.nansum(prior) == pytest.approx(1 - lost, abs=1e-5)
 
 
 def test_landmark_follower_moves_faces_with_the_image():

@@ -592,12 +592,17 @@ PREDICTION_BASE_COLUMNS: tuple[str, ...] = (
     "source", "frame", "time_s", "track", "face", "x1", "y1", "x2", "y2", "det_score",
 )
 # Columns that hold text; every other column holds a number (empty = missing).
-PREDICTION_TEXT_COLUMNS: tuple[str, ...] = ("source", "expression", "image")
+PREDICTION_TEXT_COLUMNS: tuple[str, ...] = ("source", "expression", "prior_expression", "image")
+# EMMA's frozen expression prior read on its own (predict.heads): its most likely ABAW expression
+# and its probabilities in ABAW order, empty where the prior has no such class or no prior exists.
+PRIOR_COLUMNS: tuple[str, ...] = ("prior_expression", *(f"prior_{e}" for e in labels.EXPRESSIONS))
 
 
 def prediction_columns(task: str) -> list[str]:
     """Columns of the prediction table for a model of `task`:
-    mtl: base + valence, arousal, expression (name), p_<Expression> x8, p_<AU> x12, <AU> (0/1) x12;
+    mtl: base + valence, arousal, expression (name), p_<Expression> x8, p_<AU> x12, <AU> (0/1) x12,
+         prior_expression (name), prior_<Expression> x8 (every EMMA table has them; empty for a
+         model trained with --cnn none);
     lsd: base + expression (name), p_<CLASS> x6."""
     base = list(PREDICTION_BASE_COLUMNS)
     if task == "mtl":
@@ -607,6 +612,7 @@ def prediction_columns(task: str) -> list[str]:
             + [f"p_{e}" for e in labels.EXPRESSIONS]
             + [f"p_{a}" for a in labels.AUS]
             + list(labels.AUS)
+            + list(PRIOR_COLUMNS)
         )
     if task == "lsd":
         return base + ["expression"] + [f"p_{c}" for c in labels.LSD_CLASSES]
@@ -692,7 +698,7 @@ class PredictionTableWriter(AtomicWriter):
 def read_prediction_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a prediction table into a column dict of numpy arrays, in file column order.
 
-    Text columns (source, expression, image when present) are `str` arrays; every other column is
+    Text columns (source, expression, prior_expression and image when present) are `str` arrays; every other column is
     float64 with NaN for an empty field (`frame`, `face`, `track` are whole numbers stored as
     floats so that empty fields can be NaN). Refuses a file without the base columns, rows with
     the wrong field count and non-numeric values in numeric columns (file, line, reason).
@@ -737,7 +743,7 @@ __all__ = [
     "MTLAnnotations", "read_mtl_annotations", "write_mtl_annotations",
     "read_mtl_submission", "write_mtl_submission", "read_test_list",
     "write_lsd_submission", "read_lsd_submission", "LSDSamples", "scan_lsd_folders",
-    "read_lsd_labelled_list", "PREDICTION_BASE_COLUMNS", "PREDICTION_TEXT_COLUMNS",
+    "read_lsd_labelled_list", "PREDICTION_BASE_COLUMNS", "PREDICTION_TEXT_COLUMNS", "PRIOR_COLUMNS",
     "prediction_columns", "prediction_table_task", "prediction_image_key",
     "PredictionTableWriter", "read_prediction_table",
 ]

@@ -92,14 +92,21 @@ class EMMA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) RGB in [0, 1] -> (N, 22) = [V, A, 8 expression logits, 12 AU logits]."""
+        return self.forward_with_prior(x)[0]
+
+    def forward_with_prior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (N, 22) output and the prior's own (N, P) expression logits in its native class
+        order (prior.class_names; None without a prior). Predict reports the prior's reading
+        beside the model's: the prior learned real faces even when the ViT heads did not."""
         encoder = self.encoder
         features = encoder.forward_head(encoder.forward_features(self.normalize(x)), pre_logits=True)  # CLS, (N, D)
         vit_logits = self.expression_au_head(features)
         va_inputs = [vit_logits if self.va_input == "logits" else features]
-        if self.prior is not None:
-            va_inputs.insert(0, self.prior(x).to(vit_logits.dtype))
+        prior_logits = self.prior(x) if self.prior is not None else None
+        if prior_logits is not None:
+            va_inputs.insert(0, prior_logits.to(vit_logits.dtype))
         va = self.valence_arousal_head(torch.cat(va_inputs, dim=1))
-        return torch.cat([va, vit_logits], dim=1)
+        return torch.cat([va, vit_logits], dim=1), prior_logits
 
     # ---- optimiser support (engine.default_param_groups)
     def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:

@@ -22,23 +22,25 @@ from torch import nn
 from abaw_cli.data.lsd import eval_transform
 from abaw_cli.models.registry import load_model
 from abaw_cli.predict.heads import PREDICTING_KINDS, OutputSpace
+from abaw_cli.predict.model_choice import trained_dataset
 from abaw_cli.runtime import inference_autocast
 
 log = logging.getLogger(__name__)
 
 
 class FacePredictor:
-    def __init__(self, model: nn.Module, space: OutputSpace, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, space: OutputSpace, device: torch.device, dataset: str | None = None) -> None:
         self.model = model.eval()
         self.space = space
         self.device = device
+        self.dataset = dataset  # the data manifest the model learned from (model_choice.trained_dataset)
         self._resize = eval_transform(space.input_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device) -> "FacePredictor":
         """Load a train-mtl / cotrain best.pt (any other checkpoint is a CheckpointError)."""
         model, ckpt = load_model(path, kinds=PREDICTING_KINDS, device=device)
-        return cls(model, OutputSpace.from_checkpoint(ckpt), device)
+        return cls(model, OutputSpace.from_checkpoint(ckpt), device, trained_dataset(ckpt))
 
     def preprocess(self, crops: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> torch.Tensor:
         """(N, 3, S, S) float32 in [0, 1] on the device."""
@@ -61,6 +63,10 @@ class FacePredictor:
         if len(crops) == 0:
             return np.zeros((0, self.space.width), np.float32)
         x = self.preprocess(crops)
+        prior_logits = None
         with inference_autocast(self.device):
-            output = self.model(x)
-        return self.space.decode(output)
+            if self.space.has_prior:  # EMMA: its prior's own reading too (heads.py)
+                output, prior_logits = self.model.forward_with_prior(x)
+            else:
+                output = self.model(x)
+        return self.space.decode(output, prior_logits)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from abaw_cli.atomic import AtomicWriter, PendingFile
+from abaw_cli.labels import EXPRESSIONS
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
 
@@ -58,8 +59,24 @@ def draw_va_gauge(img: np.ndarray, centre: tuple[int, int], radius: int, valence
     _text(img, f"V{v:+.2f} A{a:+.2f}", (cx - radius, cy + radius + int(16 * small / 0.4)), small, (230, 230, 230))
 
 
-def draw_frame(frame_rgb: np.ndarray, prediction: FramePrediction, space: OutputSpace) -> np.ndarray:
-    """A BGR copy of `frame_rgb` with the frame's predictions drawn on it."""
+# What the label above a face says (--overlay-label): the model's expression, or its prior's.
+OVERLAY_LABELS = ("model", "prior")
+
+
+def face_label(values: np.ndarray, space: OutputSpace, label: str = "model") -> str:
+    """`Happiness 0.83` from the model's classes, or `prior Happiness 0.83` from EMMA's prior."""
+    if label == "prior":
+        k = int(space.prior_index(values))
+        if k < 0:
+            return "prior -"
+        return f"prior {EXPRESSIONS[k]} {float(values[space.prior_slice][k]):.2f}"
+    k = int(space.class_index(values))
+    return f"{space.classes[k]} {float(values[space.class_slice][k]):.2f}"
+
+
+def draw_frame(frame_rgb: np.ndarray, prediction: FramePrediction, space: OutputSpace, label: str = "model") -> np.ndarray:
+    """A BGR copy of `frame_rgb` with the frame's predictions drawn on it; `label` (OVERLAY_LABELS)
+    picks whose expression names each face."""
     img = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
     h, w = img.shape[:2]
     scale = max(0.35, min(h, w) / 720)
@@ -74,12 +91,10 @@ def draw_frame(frame_rgb: np.ndarray, prediction: FramePrediction, space: Output
         colour = track_colour(face.track)
         x1, y1, x2, y2 = (int(round(c)) for c in face.box)
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick + 1)
-        k = int(space.class_index(face.values))
-        p = float(face.values[space.class_slice][k])
-        label = f"{space.classes[k]} {p:.2f}"
+        text = face_label(face.values, space, label)
         if len(prediction.faces) > 1:
-            label = f"[{face.track}] {label}"
-        _text(img, label, (x1, max(int(18 * scale / 0.5), y1 - 6)), scale, colour, thick)
+            text = f"[{face.track}] {text}"
+        _text(img, text, (x1, max(int(18 * scale / 0.5), y1 - 6)), scale, colour, thick)
         if space.aus:
             active = [name for name, on in zip(space.aus, space.au_decisions(face.values)) if on]
             lines = [" ".join(active[i : i + 4]) for i in range(0, len(active), 4)] or ["no AU"]

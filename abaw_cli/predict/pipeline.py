@@ -43,6 +43,7 @@ class VideoOptions:
     detect_every: int = 1  # run the detector on every K-th frame, follow faces in between
     smooth_s: float = 0.0  # centred moving-average window in seconds (0: none)
     batch: int = 32  # faces per model forward pass
+    overlay_label: str = "model"  # whose expression the overlay writes: "model" or "prior" (EMMA's prior)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def predict_source(
         for row in frame_rows(source.name, prediction, space, image=image):
             table.write_row(row)
         if overlay is not None:
-            overlay.write(draw_frame(prediction.image, prediction, space))
+            overlay.write(draw_frame(prediction.image, prediction, space, options.overlay_label))
         if timeline is not None:
             timeline.add(prediction)
         summary.frames += 1

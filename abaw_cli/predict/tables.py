@@ -16,7 +16,7 @@ import numpy as np
 
 from abaw_cli.atomic import AtomicWriter, PendingFile
 from abaw_cli.data.formats import PREDICTION_TEXT_COLUMNS, PredictionTableWriter, prediction_columns
-from abaw_cli.labels import LSD_CLASSES
+from abaw_cli.labels import EXPRESSIONS, LSD_CLASSES
 from abaw_cli.predict.heads import OutputSpace
 from abaw_cli.predict.records import FramePrediction
 
@@ -134,6 +134,7 @@ def frame_rows(source: str, prediction: FramePrediction, space: OutputSpace, ima
             row.update({f"p_{name}": float(p) for name, p in zip(space.classes, probs)})
             row.update({f"p_{name}": float(p) for name, p in zip(space.aus, v[space.au_slice])})
             row.update({name: int(on) for name, on in zip(space.aus, space.au_decisions(v))})
+            row.update(prior_cells(v, space))
         else:
             # LSD tables name the classes canonically (an ANGRER folder is still ANGER).
             scores = space.lsd_scores(v)
@@ -141,3 +142,15 @@ def frame_rows(source: str, prediction: FramePrediction, space: OutputSpace, ima
             row.update({f"p_{name}": float(p) for name, p in zip(LSD_CLASSES, scores)})
         rows.append(row)
     return rows
+
+
+def prior_cells(values: np.ndarray, space: OutputSpace) -> dict[str, Any]:
+    """prior_expression and the prior_<Expression> probabilities of one face; none where the
+    prior has no reading (such cells stay empty)."""
+    k = int(space.prior_index(values))
+    if k < 0:
+        return {}
+    probs = values[space.prior_slice]
+    cells: dict[str, Any] = {"prior_expression": EXPRESSIONS[k]}
+    cells.update({f"prior_{name}": float(p) for name, p in zip(EXPRESSIONS, probs) if np.isfinite(p)})
+    return cells

@@ -28,6 +28,7 @@ from abaw_cli.options import (
     WorkersOption,
 )
 from abaw_cli.progress import console
+from abaw_cli.train.distributed import RankFailedError
 from abaw_cli.train.engine import NonFiniteLossError
 
 # Exit codes: 2 = bad input or an output that cannot be written (nothing was half-written);
@@ -128,7 +129,7 @@ def stage_errors(*user_errors: type[BaseException]) -> Iterator[None]:
     """Turn the expected failures of a stage into one clear line and an exit code, not a traceback."""
     try:
         yield
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, RankFailedError) as exc:  # the run failed (here, or on another torchrun rank)
         print_error("stopped", str(exc))
         raise typer.Exit(code=EXIT_RUN_FAILED) from exc
     except user_errors as exc:

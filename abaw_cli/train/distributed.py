@@ -4,6 +4,10 @@
   WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); returns whether this call created it.
 - cleanup_distributed(), rank(), world_size(), is_main(), barrier(), all_gather_objects(obj),
   broadcast_object(obj), all_reduce_sum(tensor).
+- owner_ranks(weights, world), run_shared(weights, work): whole work items (crop-faces and
+  predict sources) dealt to ranks, heaviest first to the least-loaded rank, so each item has one
+  owner; every rank gets every item's result back, and a failure on one rank is raised on all
+  (share_failure, also for checks that run on every rank before the work).
 - EpochSampler: the engine's one sampler. For epoch e it draws ONE global order from a generator
   seeded by (seed, e) (a permutation, or class-balanced draws with replacement when weights are
   given) plus one augmentation seed per draw, then gives rank r the draws r, r+W, r+2W, ...
@@ -15,12 +19,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+R = TypeVar("R")
 
 
 def world_size() -> int:
@@ -76,6 +82,56 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def owner_ranks(weights: Sequence[float], world: int) -> list[int]:
+    """The rank that owns each item: items taken heaviest first (ties: input order), each given to
+    the rank with the least weight so far (ties: the lower rank). Deterministic, so every rank
+    computes the same assignment without talking to the others."""
+    load = [0.0] * max(1, world)
+    owner = [0] * len(weights)
+    for i in sorted(range(len(weights)), key=lambda i: (-float(weights[i]), i)):
+        r = min(range(len(load)), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += max(float(weights[i]), 1.0)  # an empty item still costs its start-up
+    return owner
+
+
+class RankFailedError(RuntimeError):
+    """Raised on the ranks that did their share when another rank failed (its message is here)."""
+
+
+def run_shared(weights: Sequence[float], work: Callable[[int], R]) -> dict[int, R]:
+    """`work(i)` for each item i this rank owns (owner_ranks; every item without torchrun), then
+    {i: result} for ALL items, gathered from every rank. An exception on any rank reaches every
+    rank after the gather (the failing rank raises its own, the others RankFailedError), so no
+    rank is left waiting for one that stopped."""
+    owners = owner_ranks(weights, world_size())
+    mine: dict[int, R] = {}
+    failure: Exception | None = None
+    try:
+        for i, owner in enumerate(owners):
+            if owner == rank():
+                mine[i] = work(i)
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the others heard of it
+        failure = exc
+    merged: dict[int, R] = {}
+    for part in share_failure(failure, mine):
+        merged.update(part)
+    return merged
+
+
+def share_failure(failure: Exception | None, payload: Any = None) -> list[Any]:
+    """Collective: every rank's `payload`, in rank order, once all ranks got here. When any rank
+    passes a `failure`, it raises it and every other rank raises RankFailedError naming it, so a
+    check that fails on one rank stops them all instead of leaving the others waiting."""
+    gathered = all_gather_objects((payload, None if failure is None else f"rank {rank()}: {failure}"))
+    if failure is not None:
+        raise failure
+    failed = [message for _, message in gathered if message]
+    if failed:
+        raise RankFailedError("; ".join(failed))
+    return [p for p, _ in gathered]
 
 
 class EpochSampler(Sampler):
