@@ -1,9 +1,9 @@
 """crop-faces as a library: videos and photos -> aligned face crops in the s-Aff-Wild2 layout +
-faces.csv, resumable source by source (the output folder: faces/output.py)."""
+faces.csv, resumable source by source (the output folder: faces/output.py), one process or many
+(torchrun: each source to one rank)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -20,6 +20,7 @@ from abaw_cli.faces.stream import FACES_MODES, decoder_threads_for, iter_frame_f
 from abaw_cli.faces.video import ImageSequenceReader, SourceError, VideoReader, open_source
 from abaw_cli.progress import make_progress
 from abaw_cli.runtime import resolve_device
+from abaw_cli.train import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class CropReport:
     results: list[SourceResult]
     skipped: list[Skipped]
     manifest: Path
+    rank: int = 0  # under torchrun: this process's rank (every rank gets the whole report)
 
     @property
     def usable(self) -> bool:
@@ -119,51 +121,101 @@ def crop_faces(
     batch: int | None = None,
     show_progress: bool = True,
 ) -> CropReport:
-    """The whole stage as a function (the command and the benchmark call it)."""
+    """The whole stage as a function (the command and the benchmark call it).
+
+    Under torchrun each source goes to exactly one rank (train.distributed.run_shared, by file
+    size); rank 0 prepares the folder before and writes faces.csv after all ranks committed, so
+    the folder is the one a single process leaves, and a rerun resumes every rank's sources."""
     check_settings(settings, batch)
     try:
         torch_device = resolve_device(device)
     except (ValueError, RuntimeError) as exc:
         raise CropFacesError(str(exc)) from exc
+    created = D.init_distributed(torch_device)
+    try:
+        return _crop_faces(inputs, out_dir, settings, torch_device, batch, show_progress and D.is_main())
+    finally:
+        if created:
+            D.cleanup_distributed()
+
+
+def _prepare(out: OutputFolder) -> None:
+    """Rank 0 prepares the output folder while the others wait; a refusal stops every rank."""
+    failure = None
+    if D.is_main():
+        try:
+            out.prepare()
+        except (CropFacesError, OSError) as exc:
+            failure = exc
+    try:
+        D.share_failure(failure)
+    except D.RankFailedError as exc:
+        raise CropFacesError(str(exc)) from exc
+
+
+def _crop_faces(
+    inputs: list[str | Path], out_dir: Path, settings: CropSettings, torch_device, batch: int | None, show_progress: bool
+) -> CropReport:
     sources, skipped = expand_inputs(inputs)
-    for s in skipped:
-        log.warning("skipped %s", s)
+    if D.is_main():
+        for s in skipped:
+            log.warning("skipped %s", s)
     out = OutputFolder(out_dir, settings)
-    out.prepare()
+    _prepare(out)
     results, todo = _already_done(sources, out, out_dir)
-    # Built on the first readable source: a run with nothing to do loads no model.
+    weights = [_source_bytes(s) for s in todo]
+    owned = sum(r == D.rank() for r in D.owner_ranks(weights, D.world_size()))
+    # Built on the first readable source: a run (or rank) with nothing to do loads no model.
     detector: FaceDetector | None = None
     queue_size = max(2 * (batch or default_batch(torch_device)), 8)
     writer = CropWriter()
-    progress = make_progress()
+    progress = make_progress(disable=not show_progress)
+    together = False  # every rank got past run_shared's gather (its exceptions come after it)
+
+    def crop_one(i: int) -> SourceResult:
+        nonlocal detector
+        source = todo[i]
+        if D.world_size() > 1:
+            log.info("rank %d of %d: %s", D.rank(), D.world_size(), source.name)
+        try:
+            reader = open_source(source, fps=settings.fps, queue_size=queue_size, decoder_threads=decoder_threads_for(torch_device))
+            if detector is None:
+                detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch)
+                log.info("detecting with %s", detector)
+            task = progress.add_task(source.name, total=reader.expected_frames)
+            result = process_source(source, reader, detector, settings, out, writer, on_frame=lambda n: progress.advance(task, n))
+            progress.update(task, visible=False)
+            if result.error:
+                log.warning("%s: %s (skipped those frames)", source.path, result.error)
+        except SourceError as exc:
+            log.warning("skipped %s", exc)
+            result = SourceResult(source.name, str(source.path), "failed", error=str(exc))
+        progress.advance(overall)
+        return result
+
     try:
-        with progress if show_progress else contextlib.nullcontext(), reserve_core_for_io(torch_device):
-            overall = progress.add_task("all sources", total=len(todo)) if show_progress else None
-            for source in todo:
-                try:
-                    reader = open_source(
-                        source, fps=settings.fps, queue_size=queue_size, decoder_threads=decoder_threads_for(torch_device)
-                    )
-                    if detector is None:
-                        detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch)
-                        log.info("detecting with %s", detector)
-                    task = progress.add_task(source.name, total=reader.expected_frames) if show_progress else None
-                    result = process_source(
-                        source, reader, detector, settings, out, writer,
-                        on_frame=(lambda n, t=task: progress.advance(t, n)) if show_progress else None,
-                    )
-                    if show_progress:
-                        progress.update(task, visible=False)
-                    if result.error:
-                        log.warning("%s: %s (skipped those frames)", source.path, result.error)
-                except SourceError as exc:
-                    log.warning("skipped %s", exc)
-                    result = SourceResult(source.name, str(source.path), "failed", error=str(exc))
-                results[source.name] = result
-                if show_progress:
-                    progress.advance(overall)
+        with progress, reserve_core_for_io(torch_device):
+            overall = progress.add_task("all sources", total=owned)
+            try:
+                done = D.run_shared(weights, crop_one)
+            except Exception:
+                together = True  # run_shared raises its exceptions on every rank after the gather
+                raise
+            together = True
+        for i, source in enumerate(todo):
+            results[source.name] = done[i]
     finally:
         writer.close()
-        shutil.rmtree(out.partial_dir, ignore_errors=True)
-        out.write_manifest()
-    return CropReport([results[s.name] for s in sources], skipped, out.manifest)
+        # Rank 0 cleans up and writes faces.csv once every rank has committed its sources. After
+        # an interrupt (Ctrl-C, a killed rank) under torchrun nobody waits for the others: the
+        # next run clears partial/ and rewrites faces.csv from the committed sources.
+        if D.world_size() == 1 or together:
+            if D.is_main():
+                shutil.rmtree(out.partial_dir, ignore_errors=True)
+                out.write_manifest()
+    return CropReport([results[s.name] for s in sources], skipped, out.manifest, rank=D.rank())
+
+
+def _source_bytes(source: Source) -> float:
+    """What a source costs, for dealing sources to ranks: the bytes of its files."""
+    return float(sum(p.stat().st_size for p in (source.images or (source.path,)) if p.is_file()))

@@ -48,7 +48,10 @@ folder of images is one source, its images the frames) and .txt lists of such pa
 OUT/<source>/<frame:05d>.jpg aligned faces (OUT/<source>_<track>/ with --faces all) and
 OUT/faces.csv: one row per face per frame, and a face=0 row for a frame without a face. Unreadable
 inputs are reported and skipped; the exit code is 1 only when nothing could be processed. Running
-it again skips the sources already finished in OUT.
+it again skips the sources already finished in OUT. Photos are searched for faces on a copy of at
+most 640 px (--min-face is measured there) and cropped from the full-resolution image. Under
+torchrun (torchrun --nproc_per_node=N -m abaw_cli crop-faces ...) each source goes to one rank and
+rank 0 writes the one faces.csv.
 
 [bold]Examples[/]
 
@@ -82,13 +85,15 @@ def register(app: typer.Typer) -> None:
         settings = CropSettings(size=size, faces=faces, fps=fps, min_face=min_face)
         with stage_errors(CropFacesError):
             report = crop_faces(inputs, out, settings, device=device, batch=batch)
-        console.print(summary_table(report))
-        for r in report.results:
-            if r.status == "failed":
-                console.print(f"[red]failed[/red] {r.error}")
-        for s in report.skipped:
-            console.print(f"[yellow]skipped[/yellow] {s}")
-        console.print(f"faces table: {report.manifest}")
+        if report.rank == 0:  # under torchrun rank 0 reports for all ranks
+            console.print(summary_table(report))
+            for r in report.results:
+                if r.status == "failed":
+                    console.print(f"[red]failed[/red] {r.error}")
+            for s in report.skipped:
+                console.print(f"[yellow]skipped[/yellow] {s}")
+            console.print(f"faces table: {report.manifest}")
         if not report.usable:
-            console.print("[red]nothing could be processed[/red]")
+            if report.rank == 0:
+                console.print("[red]nothing could be processed[/red]")
             raise typer.Exit(code=1)
