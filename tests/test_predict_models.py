@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from abaw_cli import labels
 from abaw_cli.cli import app
 from abaw_cli.data.formats import read_prediction_table
+from abaw_cli.train.checkpoint import make_checkpoint, save_atomic
 
 runner = CliRunner()
 
@@ -78,6 +79,11 @@ def test_without_model_and_without_defaults_exits_2_saying_where_models_come_fro
     missing = tmp_path / "nowhere.pt"
     result = _predict(photos[0], "--out", tmp_path / "t.csv", env={"ABAW_MODEL": str(missing)})
     assert result.exit_code == 2 and "$ABAW_MODEL" in _flat(result.output) and "nowhere.pt" in _flat(result.output)
+    # $ABAW_MODEL naming a checkpoint of another kind is refused as --model is.
+    mae = tmp_path / "mae.pt"
+    save_atomic(make_checkpoint("mae", {}, {}, meta={"input_size": 32}), mae)
+    result = _predict(photos[0], "--out", tmp_path / "t.csv", env={"ABAW_MODEL": str(mae)})
+    assert result.exit_code == 2 and "mae.pt" in _flat(result.output) and "'mae' checkpoint" in _flat(result.output)
     assert not (tmp_path / "t.csv").exists()
 
 

@@ -15,7 +15,7 @@ from abaw_cli.faces.align import CROP_SIZES
 from abaw_cli.faces.detector import FaceDetector, default_batch
 from abaw_cli.faces.manifest import crop_folder, crop_relpath, face_row
 from abaw_cli.faces.output import CropFacesError, CropSettings, CropWriter, OutputFolder, SourceResult
-from abaw_cli.faces.sources import Skipped, Source, expand_inputs
+from abaw_cli.faces.sources import Skipped, Source, approximate_bytes, expand_inputs
 from abaw_cli.faces.stream import FACES_MODES, decoder_threads_for, iter_frame_faces, reserve_core_for_io
 from abaw_cli.faces.video import ImageSequenceReader, SourceError, VideoReader, open_source
 from abaw_cli.progress import make_progress
@@ -163,7 +163,7 @@ def _crop_faces(
     out = OutputFolder(out_dir, settings)
     _prepare(out)
     results, todo = _already_done(sources, out, out_dir)
-    weights = [_source_bytes(s) for s in todo]
+    weights = [approximate_bytes(s.images or (s.path,)) for s in todo] if D.world_size() > 1 else [1.0] * len(todo)
     owned = sum(r == D.rank() for r in D.owner_ranks(weights, D.world_size()))
     # Built on the first readable source: a run (or rank) with nothing to do loads no model.
     detector: FaceDetector | None = None
@@ -215,7 +215,3 @@ def _crop_faces(
                 out.write_manifest()
     return CropReport([results[s.name] for s in sources], skipped, out.manifest, rank=D.rank())
 
-
-def _source_bytes(source: Source) -> float:
-    """What a source costs, for dealing sources to ranks: the bytes of its files."""
-    return float(sum(p.stat().st_size for p in (source.images or (source.path,)) if p.is_file()))

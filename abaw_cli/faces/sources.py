@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 import cv2
 
@@ -59,6 +59,14 @@ class Skipped:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def approximate_bytes(paths: Sequence[Path]) -> float:
+    """About how many bytes reading `paths` takes: their count times the first one's size (one
+    stat however many frames). What crop-faces and predict deal sources to torchrun ranks by."""
+    if not paths or not paths[0].is_file():
+        return 0.0
+    return float(len(paths) * paths[0].stat().st_size)
 
 
 def natural_key(path: Path) -> list:

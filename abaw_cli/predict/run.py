@@ -15,7 +15,6 @@ the outputs are those of a one-process run, and rank 0's report covers all jobs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.progress import TextColumn
 
 from abaw_cli.data.formats import FormatError
 from abaw_cli.faces.detector import FaceDetector
+from abaw_cli.faces.sources import approximate_bytes
 from abaw_cli.faces.stream import FACES_MODES
 from abaw_cli.faces.video import SourceError, open_source
 from abaw_cli.predict.batching import FacePredictor
@@ -105,9 +105,8 @@ def _check_overlay_label(req: PredictRequest, predictor: FacePredictor, model: P
 
 
 def _job_bytes(job: SetJob | SourceJob) -> float:
-    """What a job costs, for dealing jobs to ranks: the bytes of the files it reads."""
-    paths = job.image_set.paths() if isinstance(job, SetJob) else (job.source.images or (job.source.path,))
-    return float(sum(os.path.getsize(p) for p in paths if os.path.isfile(p)))
+    """What a job costs, for dealing jobs to ranks: about the bytes of the files it reads."""
+    return approximate_bytes(job.image_set.paths() if isinstance(job, SetJob) else (job.source.images or (job.source.path,)))
 
 
 def _job_path(job: SetJob | SourceJob) -> Path:
@@ -191,4 +190,5 @@ def _run_jobs(req: PredictRequest, planned: list[SetJob | SourceJob], predictor:
             options = VideoOptions(req.faces, detect_every, req.smooth_s, video_batch, req.overlay_label)
             return predict_source(job.source, detector, predictor, job.outputs, options, progress)
 
-        return D.run_shared([_job_bytes(j) for j in planned], run_job)
+        weights = [_job_bytes(j) for j in planned] if D.world_size() > 1 else [1.0] * len(planned)
+        return D.run_shared(weights, run_job)
