@@ -123,9 +123,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, default=None, help="a best.pt (default: random-init cpu-small EMMA)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 steadies the numbers on a shared machine)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench-photos-") as tmp:
         work = Path(tmp)
