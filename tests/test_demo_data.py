@@ -211,3 +211,29 @@ def test_cli_refuses_to_overwrite_and_bad_scale(demo_root: Path):
     res = runner.invoke(app, ["demo-data", str(demo_root), "--scale", "huge"])
     assert res.exit_code == 2
     assert "demo-data" in runner.invoke(app, ["--help"]).output
+
+
+def test_expression_segments_are_maximal_runs_inside_a_clip():
+    from abaw_cli.data.demo.segments import expression_segments
+
+    images = ["a/1.jpg", "a/2.jpg", "a/3.jpg", "a/4.jpg", "a/5.jpg", "b/1.jpg", "b/2.jpg"]
+    expression = np.array([3, 3, -1, 3, 5, 5, 5])
+    # a missing frame splits a run; a clip boundary ends one even when the label goes on
+    assert expression_segments(images, expression) == [("a", 3, 0, 2), ("a", 3, 3, 1), ("a", 5, 4, 1), ("b", 5, 5, 2)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_scale_holds_many_distinct_expression_instances(tmp_path: Path, seed: int):
+    """Issue 15: >= 1,000 labelled expression segments in training with >= 60 per class, >= 30 per
+    class in validation, validation clips (one identity each) disjoint from the training ones."""
+    from abaw_cli.data.demo.segments import segment_counts
+
+    plan = plan_demo(tmp_path, "small", seed)  # labels only, nothing drawn
+    train, val = segment_counts(plan.annotations["train"]), segment_counts(plan.annotations["val"])
+    assert sum(train.values()) >= 1000 and min(train.values()) >= 60, train
+    assert min(val.values()) >= 30, val
+    clips = {split: {i.split("/")[0] for i in plan.annotations[split].images} for split in ("train", "val")}
+    assert not clips["train"] & clips["val"]
+    for split in ("train", "val"):  # the missing-label rates of s-Aff-Wild2 at this scale too
+        ann = plan.annotations[split]
+        assert abs((1 - ann.has_expression.mean()) - MISSING_RATES[split]["expression"]) < 0.01

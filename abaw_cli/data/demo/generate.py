@@ -77,7 +77,10 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(8, 4, (30, 30), (30, 30), (6, 12), 120, 60, 120, 1, 3.0),
-    "small": Scale(40, 16, (45, 75), (40, 60), (8, 20), 1500, 300, 1500, 2, 8.0),
+    # small: many short clips (one identity each), so that the MTL splits hold many distinct
+    # expression instances (about 1,100 labelled segments in training, at least 30 per class in
+    # validation; bench/demo_segments.py counts them) rather than long runs of one face.
+    "small": Scale(700, 400, (5, 7), (5, 7), (3, 5), 1500, 300, 6000, 2, 8.0),
     "medium": Scale(160, 64, (45, 75), (40, 60), (8, 20), 6000, 1200, 6000, 4, 12.0),
 }
 
@@ -188,7 +191,7 @@ def _plan_mtl(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict[st
         for _ in range(n_videos):
             name = f"vid{vid:03d}"
             n = int(rng.integers(lo, hi + 1))
-            tl = make_timeline(rng, deck, n, seg_len=scale.seg_len, ramp=4)
+            tl = make_timeline(rng, deck, n, seg_len=scale.seg_len, ramp=4, start_neutral=False)
             timelines.append(tl)
             images += [f"{name}/{i + 1:05d}.jpg" for i in range(n)]
             jobs.append({"kind": "mtl", "part": "mtl", "timeline": tl, "seed": [seed, STREAM_MTL, vid],

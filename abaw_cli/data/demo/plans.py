@@ -68,8 +68,13 @@ class Timeline:
 
 
 def make_timeline(rng: np.random.Generator, deck: Deck, n: int, seg_len: tuple[int, int], ramp: int,
-                  yaw: float = 25, pitch: float = 12, roll: float = 5) -> Timeline:
-    """Segments of `seg_len` frames, each ramping in over `ramp` frames from the previous one."""
+                  yaw: float = 25, pitch: float = 12, roll: float = 5, start_neutral: bool = True) -> Timeline:
+    """Segments of `seg_len` frames, each ramping in over `ramp` frames from the previous one.
+
+    start_neutral: the first segment ramps in from a neutral face (a video that starts at rest);
+    False: the clip opens inside its first expression, as a clip cut from a longer video does
+    (short clips would otherwise open with a one- or two-frame "Neutral" run of a face that is
+    halfway into its first expression)."""
     aus = np.zeros((n, len(AUS)), np.float32)
     hidden = np.zeros((n, len(HIDDEN_AUS)), np.float32)
     va = np.zeros((n, 2), np.float32)
@@ -82,7 +87,7 @@ def make_timeline(rng: np.random.Generator, deck: Deck, n: int, seg_len: tuple[i
         state = sample_expression(rng, name)
         target_va = np.array(sample_va(rng, name, state))
         e = EXPRESSIONS.index(name)
-        r = max(1, min(ramp, length // 2))
+        r = max(1, min(ramp, length // 2)) if start > 0 or start_neutral else 1
         for k in range(min(length, n - start)):
             w = min(1.0, (k + 1) / r)
             st = prev_state.blend(state, w)
