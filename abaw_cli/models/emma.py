@@ -11,7 +11,7 @@ Output layout (the paper's, and what `abaw predict` decodes):
     out[:, 10:22]  12 AU logits, labels.AUS order                    (sigmoid / BCE)
 
 Shape of the model:
-    encoder                timm ViT (models/vit.create_vit), CLS pooling after `norm`, drop-path
+    encoder                timm ViT (models/vit.create_vit), pooled by its global_pool (CLS after `norm`, the paper), drop-path
     expression_au_head     Linear(D -> H), ReLU, Linear(H -> 20)    (768 -> 512 -> 20 for ViT-B;
                            H defaults to 2/3 of D for other widths)
     prior                  frozen expression CNN (models/priors), always in eval mode, fed the same
@@ -23,10 +23,12 @@ The VA loss flows back into the ViT through its logits (or features); never into
 
 model_config (plain dict in every checkpoint; the registry rebuilds the model from it alone, no
 encoder or prior file needed: the weights come from the checkpoint's state dict):
-    vit           {"size", "input_size", "patch_size", "embed_dim", "depth", "num_heads", "drop_path"}
+    vit           {"size", "input_size", "patch_size", "embed_dim", "depth", "num_heads", "drop_path",
+                   "global_pool" (token: CLS after norm, the paper; avg: mean patch token + fc_norm)}
     head_hidden   H
     va_hidden     256
     va_input      "logits" | "features"
+    feature_norm  "none" (the paper) | "batch" (BatchNorm without affine on the pooled features)
     prior         the prior's `config` dict (priors.prior_from_config), or None
 """
 
@@ -49,6 +51,7 @@ EXPRESSION_SLICE = slice(2, 2 + NUM_EXPRESSIONS)
 AU_SLICE = slice(2 + NUM_EXPRESSIONS, 2 + NUM_EXPRESSIONS + NUM_AUS)
 NUM_OUTPUTS = 2 + NUM_EXPRESSIONS + NUM_AUS
 VA_INPUTS = ("logits", "features")
+FEATURE_NORMS = ("none", "batch")
 
 
 def default_head_hidden(embed_dim: int) -> int:
@@ -69,14 +72,20 @@ class EMMA(nn.Module):
         head_hidden: int | None = None,
         va_hidden: int = 256,
         va_input: str = "logits",
+        feature_norm: str = "none",
     ):
         super().__init__()
         if va_input not in VA_INPUTS:
             raise ValueError(f"va_input must be one of {VA_INPUTS} (got {va_input!r})")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS} (got {feature_norm!r})")
         self.normalize = ImageNormalize()
         self.encoder = encoder
         embed_dim = int(encoder.embed_dim)
         head_hidden = head_hidden or default_head_hidden(embed_dim)
+        # "batch": standardise the pooled features over the batch (BatchNorm without affine, as MAE's
+        # linear probe does) before the heads; "none" (the paper) feeds them as they come.
+        self.feature_norm = nn.BatchNorm1d(embed_dim, affine=False) if feature_norm == "batch" else nn.Identity()
         self.expression_au_head = nn.Sequential(
             nn.Linear(embed_dim, head_hidden), nn.ReLU(inplace=True), nn.Linear(head_hidden, NUM_EXPRESSIONS + NUM_AUS)
         )
@@ -99,7 +108,8 @@ class EMMA(nn.Module):
         order (prior.class_names; None without a prior). Predict reports the prior's reading
         beside the model's: the prior learned real faces even when the ViT heads did not."""
         encoder = self.encoder
-        features = encoder.forward_head(encoder.forward_features(self.normalize(x)), pre_logits=True)  # CLS, (N, D)
+        features = encoder.forward_head(encoder.forward_features(self.normalize(x)), pre_logits=True)  # pooled, (N, D)
+        features = self.feature_norm(features)
         vit_logits = self.expression_au_head(features)
         va_inputs = [vit_logits if self.va_input == "logits" else features]
         prior_logits = self.prior(x) if self.prior is not None else None
@@ -130,7 +140,8 @@ class EMMA(nn.Module):
 
 
 def emma_model_config(
-    vit: dict[str, Any], prior: ExpressionPrior | None, head_hidden: int | None, va_hidden: int, va_input: str
+    vit: dict[str, Any], prior: ExpressionPrior | None, head_hidden: int | None, va_hidden: int, va_input: str,
+    feature_norm: str = "none",
 ) -> dict[str, Any]:
     """The plain-dict config that `build_emma` rebuilds the same architecture from."""
     embed_dim = int(vit["embed_dim"])
@@ -139,6 +150,7 @@ def emma_model_config(
         "head_hidden": int(head_hidden or default_head_hidden(embed_dim)),
         "va_hidden": int(va_hidden),
         "va_input": va_input,
+        "feature_norm": feature_norm,
         "prior": None if prior is None else prior.config,
     }
 
@@ -152,4 +164,5 @@ def build_emma(model_config: dict[str, Any]) -> EMMA:
         head_hidden=model_config.get("head_hidden"),
         va_hidden=int(model_config.get("va_hidden", 256)),
         va_input=model_config.get("va_input", "logits"),
+        feature_norm=model_config.get("feature_norm", "none"),
     )

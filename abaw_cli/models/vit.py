@@ -61,6 +61,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys of a checkpoint that never belong to the encoder (classifier heads, MAE decoder).
 _NON_ENCODER_PREFIXES = ("head.", "fc_norm.", "decoder_", "mask_token")
+GLOBAL_POOLS = ("token", "avg")
 _HEADS_BY_DIM = {64: 2, 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
@@ -83,9 +84,12 @@ class ViTConfig:
 
 @dataclass
 class FineTuneViTConfig(ViTConfig):
-    """A ViT that is fine-tuned (train-mtl, cotrain): the paper's drop-path 0.1."""
+    """A ViT that is fine-tuned (train-mtl, cotrain): the paper's drop-path 0.1 and CLS pooling."""
 
     drop_path: float = 0.1
+    # token: the CLS token after `norm` (the paper); avg: the mean patch token through a fresh
+    # `fc_norm`, as MAE fine-tunes (MAE trains the CLS token only as a passenger).
+    global_pool: str = "token"
 
 
 class ImageNormalize(nn.Module):
@@ -412,7 +416,10 @@ def resolve_vit_config(model: FineTuneViTConfig, init: InitEncoder | None, prese
         "size": model.size, "input_size": int(model.input_size), "patch_size": int(model.patch_size),
         "embed_dim": int(model.embed_dim or dim), "depth": int(model.depth or depth),
         "num_heads": int(model.num_heads or heads), "drop_path": float(model.drop_path),
+        "global_pool": model.global_pool,
     }
+    if model.global_pool not in GLOBAL_POOLS:
+        raise ConfigError(f"model.global_pool must be one of {', '.join(GLOBAL_POOLS)} (got {model.global_pool!r})")
     if model.input_size % model.patch_size:
         raise ConfigError(f"input size {model.input_size} is not a multiple of the patch size {model.patch_size}")
     if init is None:
@@ -433,9 +440,9 @@ def resolve_vit_config(model: FineTuneViTConfig, init: InitEncoder | None, prese
 
 
 def vit_from_config(vit: dict[str, Any], num_classes: int = 0) -> VisionTransformer:
-    """A fresh ViT (CLS pooling) from a model_config "vit" dict (`resolve_vit_config`)."""
+    """A fresh ViT from a model_config "vit" dict (`resolve_vit_config`; CLS pooling unless it says avg)."""
     return create_vit(
         size=vit.get("size") or "base", input_size=int(vit["input_size"]), patch_size=int(vit["patch_size"]),
-        drop_path=float(vit.get("drop_path", 0.0)), num_classes=num_classes, global_pool="token",
+        drop_path=float(vit.get("drop_path", 0.0)), num_classes=num_classes, global_pool=vit.get("global_pool", "token"),
         embed_dim=vit.get("embed_dim"), depth=vit.get("depth"), num_heads=vit.get("num_heads"),
     )

@@ -73,6 +73,7 @@ class MTLModelConfig(FineTuneViTConfig):
     head_hidden: int | None = None  # None: 2/3 of the encoder width (512 for ViT-B)
     va_hidden: int = 256
     va_input: str = "logits"  # logits (the paper) | features (ablation: ViT CLS features to the VA head)
+    feature_norm: str = "none"  # none (the paper) | batch (BatchNorm without affine on the pooled features, before the heads)
     prior: str = "fer"  # --cnn: fer | dan:PATH | hsemotion:PATH | none
 
 
@@ -147,7 +148,7 @@ class MTLTask(Task):
         # Built once with its pretrained weights; the model_config records only its architecture.
         self.prior = build_prior(cfg.model.prior)
         m = cfg.model
-        self._model_config = emma_model_config(vit, self.prior, m.head_hidden, m.va_hidden, m.va_input)
+        self._model_config = emma_model_config(vit, self.prior, m.head_hidden, m.va_hidden, m.va_input, m.feature_norm)
         self.pos_weight = au_pos_weight(train.aus)
         log.info("AU pos_weight (neg/pos, training set): %s", ", ".join(f"{a} {w:.2f}" for a, w in zip(AUS, self.pos_weight.tolist())))
         lw = cfg.loss
@@ -164,7 +165,7 @@ class MTLTask(Task):
             report = load_encoder_weights(encoder, self.init)
             log.info("--init: %s", report.summary())
             self.init = None  # the weights are in the model now; the file's copy can go
-        return EMMA(encoder, self.prior, self._model_config["head_hidden"], m.va_hidden, m.va_input)
+        return EMMA(encoder, self.prior, self._model_config["head_hidden"], m.va_hidden, m.va_input, m.feature_norm)
 
     def model_config(self) -> dict:
         return self._model_config

@@ -322,6 +322,7 @@ class FerXceptionPrior(ExpressionPrior):
                 f"this model has {self.net.input_channels} and {self.net.num_outputs}"
             )
         self.register_buffer("luma", torch.tensor(BT601_LUMA).view(1, 3, 1, 1), persistent=False)
+        self._channels_last = False
         self.freeze()
 
     @classmethod
@@ -339,4 +340,10 @@ class FerXceptionPrior(ExpressionPrior):
         return gray * 2.0 - 1.0
 
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
+        # Channels-last (NHWC): its depthwise-separable convolutions take 1.9 instead of 3.0 ms per
+        # 64x64 face on one CPU thread (the prior's forward was 40% of a cpu-small EMMA step);
+        # outputs agree with the NCHW ones to 4e-6. Weights are converted once, in place.
+        if not self._channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        return self.net(inputs.contiguous(memory_format=torch.channels_last))
