@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import typer
 from timm.models.vision_transformer import VisionTransformer
 from typer.testing import CliRunner
 
+from abaw_cli.data.formats import write_lsd_test_release
 from abaw_cli.data.images import FaceImages, ImageSourceError, find_images
 from abaw_cli.models.mae import MaskedAutoencoder
 from abaw_cli.models.registry import load_model
@@ -82,6 +84,12 @@ def test_find_images_sources_and_refusals(pool, tmp_path):
         find_images([listing])
     with pytest.raises(ImageSourceError, match="no such folder"):
         find_images([tmp_path / "nowhere"])
+    # An ABAW list (header `image,...`, e.g. the LSD test release): its images in test_set_images/ beside it.
+    (tmp_path / "test_set_images").mkdir()
+    for p in images[:3]:
+        shutil.copy(p, tmp_path / "test_set_images" / p.name)
+    release = write_lsd_test_release(tmp_path / "LSD_Challenge_test_set_release.txt", [p.name for p in images[:3]])
+    assert find_images([release]) == [tmp_path / "test_set_images" / p.name for p in images[:3]]
     item = FaceImages(images[:1], size=32)[0]
     assert item.shape == (3, 32, 32) and item.dtype == torch.float32 and 0 <= item.min() and item.max() <= 1
 

@@ -3,7 +3,8 @@
 Formats handled here, and nowhere else:
 - MTL annotation files (`training_set_annotations.txt`, `validation_set_annotations.txt`):
   header `image,valence,arousal,expression,AU1,...,AU26`, missing codes -5 / -1 / -1.
-- ABAW test lists (`MTL_Challenge_test_set_release.txt`, `LSD_Challenge_test_set_release.txt`).
+- ABAW test lists (`MTL_Challenge_test_set_release.txt`, `LSD_Challenge_test_set_release.txt`)
+  and where their images are (`list_image_root`).
 - MTL submissions (header `image,valence,arousal,expression,aus`; rows carry 16 fields:
   image, v, a, expression, then the 12 AUs as 0/1) and LSD submissions (`image,expression`).
 - LSD class-folder trees (`<root>/<CLASS>/*.jpg`, folder spelling aliases accepted) and labelled
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # How many offending items an error message lists before it says "...".
 _SHOW_FIRST = 5
+# Folders beside an ABAW list that hold its images (list_image_root).
+LIST_IMAGE_FOLDERS: tuple[str, ...] = ("cropped_aligned", "test_set_images")
 
 
 class FormatError(ValueError):
@@ -173,11 +176,12 @@ def _check_duplicates(path: Path, images: list[str]) -> None:
         first_line[img] = i + 2
 
 
-def _check_images_exist(path: Path, images: list[str], image_root: Path) -> None:
-    """Refuse when listed images are missing under `image_root` (count plus the first few).
+def check_listed_images(path: str | os.PathLike, images: list[str], image_root: str | os.PathLike) -> None:
+    """Refuse (FormatError) when images listed in `path` are missing under `image_root`: how
+    many, and the first few.
 
     Lists each folder once instead of stat-ing every file: fast on 100k+ images."""
-    image_root = Path(image_root)
+    path, image_root = Path(path), Path(image_root)
     if not image_root.is_dir():
         raise FormatError(path, None, f"image folder {image_root} does not exist")
     listing: dict[str, set[str]] = {}
@@ -323,7 +327,7 @@ def read_mtl_annotations(
     _check_range(path, aus, bad_aus, header[4:], "{-1, 0, 1}")
     _check_duplicates(path, images)
     if image_root is not None:
-        _check_images_exist(path, images, Path(image_root))
+        check_listed_images(path, images, Path(image_root))
     return MTLAnnotations(
         images=images,
         valence_arousal=va.astype(np.float32),
@@ -443,8 +447,29 @@ def read_test_list(path: str | os.PathLike) -> list[str]:
     return images
 
 
+def list_image_root(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
+    """The folder the images of the ABAW list `path` are relative to: `image_root` when given,
+    else the first folder of LIST_IMAGE_FOLDERS beside the list (s-Aff-Wild2's `cropped_aligned`,
+    the LSD test images `test_set_images` as `abaw demo-data` lays them out), else the list's folder."""
+    if image_root is not None:
+        return Path(image_root)
+    path = Path(path)
+    beside = (path.parent / name for name in LIST_IMAGE_FOLDERS)
+    return next((folder for folder in beside if folder.is_dir()), path.parent)
+
+
+def write_lsd_test_release(path: str | os.PathLike, images: Sequence[str]) -> Path:
+    """Write an LSD test list as the challenge releases it (`LSD_Challenge_test_set_release.txt`):
+    header `image,expression`, then `image,` per image, the expression withheld."""
+    with atomic_open(path) as fh:
+        fh.write(",".join(labels.LSD_SUBMISSION_HEADER) + "\n")
+        fh.writelines(f"{img},\n" for img in images)
+    return Path(path)
+
+
 def write_lsd_submission(path: str | os.PathLike, images: Sequence[str], classes: np.ndarray) -> Path:
-    """Write an ABAW LSD submission: header `image,expression`, then `image,class index 0..5`."""
+    """Write an ABAW LSD submission: header `image,expression`, then `image,class index 0..5`.
+    The same file is a labelled list (`read_lsd_labelled_list`): the demo's test truth is one."""
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
     _check_lengths(images, classes=classes)
     if ((classes < 0) | (classes >= labels.NUM_LSD_CLASSES)).any():
@@ -473,6 +498,8 @@ def _read_image_class_list(path: Path, allow_names: bool) -> tuple[list[str], np
             value = int(raw)
         except ValueError:
             value = None
+        if value is None and not raw:
+            raise FormatError(path, i + 2, "no expression: an unlabelled list (such as the test release) holds no truth")
         if value is None:
             if allow_names and raw.upper() in labels.LSD_FOLDER_ALIASES:
                 value = labels.lsd_class_index(raw)
@@ -577,7 +604,7 @@ def read_lsd_labelled_list(
     path = Path(path)
     images, classes = _read_image_class_list(path, allow_names=True)
     if image_root is not None:
-        _check_images_exist(path, images, Path(image_root))
+        check_listed_images(path, images, Path(image_root))
     root = Path(image_root) if image_root is not None else path.parent
     return LSDSamples(paths=[root / i for i in images], labels=classes, root=root)
 
@@ -741,8 +768,9 @@ def read_prediction_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
 __all__ = [
     "FormatError",
     "MTLAnnotations", "read_mtl_annotations", "write_mtl_annotations",
-    "read_mtl_submission", "write_mtl_submission", "read_test_list",
-    "write_lsd_submission", "read_lsd_submission", "LSDSamples", "scan_lsd_folders",
+    "read_mtl_submission", "write_mtl_submission", "read_test_list", "list_image_root",
+    "check_listed_images", "write_lsd_test_release", "write_lsd_submission", "read_lsd_submission",
+    "LSDSamples", "scan_lsd_folders",
     "read_lsd_labelled_list", "PREDICTION_BASE_COLUMNS", "PREDICTION_TEXT_COLUMNS", "PRIOR_COLUMNS",
     "prediction_columns", "prediction_table_task", "prediction_image_key",
     "PredictionTableWriter", "read_prediction_table",

@@ -6,6 +6,9 @@ Sources (any mix, in the order given; duplicates are kept once):
 - a crop-faces `faces.csv`: the `crop` column of the rows with face=1, relative to the CSV's folder;
 - another CSV with an `image`, `path` or `crop` column (relative paths: to the CSV's folder);
 - a .txt list: one image path per line (relative to the list's folder; blank lines and # comments skipped);
+- an ABAW list (a .txt whose header starts with `image`: a test release such as
+  LSD_Challenge_test_set_release.txt, an annotation file): its images, found where predict finds
+  them without --images (`cropped_aligned/` or `test_set_images/` beside the list, else beside it);
 - a single image file.
 
 Items are float32 RGB tensors in [0, 1], (3, S, S): RandomResizedCrop(S, scale 0.2-1.0, bicubic)
@@ -38,6 +41,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
+from abaw_cli.data.formats import LIST_IMAGE_FOLDERS, FormatError, check_listed_images, list_image_root, read_test_list
 from abaw_cli.image_files import IMAGE_EXTENSIONS, UnreadableImageError, is_image_file, list_images, read_rgb
 from abaw_cli.faces.manifest import FACES_COLUMNS
 
@@ -70,9 +74,25 @@ def _from_csv(path: Path) -> list[Path]:
     return _existing(path, out)
 
 
+def _from_abaw_list(path: Path) -> list[Path]:
+    try:
+        images = read_test_list(path)
+        root = list_image_root(path)
+        check_listed_images(path, images, root)
+    except FormatError as err:
+        raise ImageSourceError(
+            f"{err} (an ABAW list's images are looked for in {' or '.join(f'{f}/' for f in LIST_IMAGE_FOLDERS)} "
+            "beside the list, else in the list's folder: pass the folder that holds them instead)"
+        ) from None
+    return [root / image for image in images]
+
+
 def _from_list(path: Path) -> list[Path]:
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if lines and lines[0].split(",", 1)[0].strip().lower() == "image":
+        return _from_abaw_list(path)
     out = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line, text in enumerate(lines, start=1):
         text = text.strip()
         if text and not text.startswith("#"):
             out.append((line, path.parent / text))

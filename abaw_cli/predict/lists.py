@@ -22,6 +22,7 @@ from typing import Literal
 from abaw_cli import labels
 from abaw_cli.data.formats import (
     FormatError,
+    list_image_root,
     read_mtl_annotations,
     read_test_list,
     scan_lsd_folders,
@@ -78,12 +79,6 @@ def is_image_set(path: str | os.PathLike) -> bool:
     return list_task(path) is not None or is_lsd_tree(path)
 
 
-def _default_image_root(list_path: Path) -> Path:
-    """Without --images: the s-Aff-Wild2 layout puts crops in `cropped_aligned` beside the lists."""
-    beside = list_path.parent / "cropped_aligned"
-    return beside if beside.is_dir() else list_path.parent
-
-
 def _check_exist(origin: Path, keys: list[str], root: Path, first_line: int) -> None:
     """Refuse early when listed images are missing: how many, and the first few with their lines."""
     if not root.is_dir():
@@ -115,7 +110,8 @@ def load_image_set(path: str | os.PathLike, images_root: str | os.PathLike | Non
         keys = read_mtl_annotations(path).images
     else:
         keys = read_test_list(path)
-    root = Path(images_root) if images_root is not None else _default_image_root(path)
+    # Without --images: `cropped_aligned` (s-Aff-Wild2) or `test_set_images` (LSD) beside the list.
+    root = list_image_root(path, images_root)
     # read_test_list skips the header line: file line of keys[i] is i + 2.
     _check_exist(path, list(keys), root, first_line=2)
     return ImageSet(path.stem, task, path, tuple(keys), root)

@@ -54,6 +54,8 @@ Bad input (an unreadable video, a checkpoint of another kind, missing listed ima
   abaw predict MTL_Challenge_test_set_release.txt --images data/mtl/cropped_aligned --model runs/mtl/best.pt --out mtl_submission.txt
 
   abaw predict data/lsd/validation_set_real_images --model runs/cotrain/best.pt --out lsd_submission.txt
+
+  abaw predict data/lsd/LSD_Challenge_test_set_release.txt --images data/lsd/test_set_images --model runs/cotrain/best.pt --out lsd_test_submission.txt
 """
 
 OutOption = Annotated[
@@ -85,7 +87,7 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[list[str], typer.Argument(help="Videos, images, folders, ABAW lists or an LSD class-folder tree.", show_default=False)],
         model: Annotated[Path | None, typer.Option("--model", "-m", help=f"A best.pt from train-mtl or cotrain (default: ${MODEL_ENV}, else {PIPELINE_MODEL}, which `make pipeline` leaves).", show_default=False)] = None,
         out: OutOption = None,
-        images: Annotated[Path | None, typer.Option("--images", help="Folder the images of ABAW lists are relative to (default: cropped_aligned beside the list, else the list's folder).")] = None,
+        images: Annotated[Path | None, typer.Option("--images", help="Folder the images of ABAW lists are relative to (default: cropped_aligned or test_set_images beside the list, else the list's folder).")] = None,
         overlay: Annotated[Path | None, typer.Option("--overlay", help="Overlay video (.mp4 file, or a folder for several videos).")] = None,
         overlay_label: Annotated[str, typer.Option("--overlay-label", help="Whose expression the overlay writes above a face: model (its own heads) or prior (EMMA's frozen expression CNN).")] = "model",
         plot: Annotated[Path | None, typer.Option("--plot", help="Timeline plot (.png file, or a folder).")] = None,
