@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,9 @@ from abaw_cli import labels
 from abaw_cli.cli import app
 from abaw_cli.data.demo import SCALES, plan_demo, run_job
 from abaw_cli.data.demo.generate import MISSING_RATES
-from abaw_cli.data.formats import read_mtl_annotations, scan_lsd_folders, write_mtl_annotations
+from abaw_cli.data.formats import (
+    read_lsd_labelled_list, read_mtl_annotations, read_test_list, scan_lsd_folders, write_mtl_annotations,
+)
 from abaw_cli.data.manifest import check_dataset, load_manifest
 
 EXPR = {name: i for i, name in enumerate(labels.EXPRESSIONS)}
@@ -71,6 +75,18 @@ def test_labels_correlate_like_real_ones(demo_root: Path):
     assert np.median(steps) < 0.1
 
 
+def _style(paths) -> tuple[float, float]:
+    """Over the first 30 images: (sensor grain: median |image - blurred image|, so sparse drawn
+    edges do not count; mean colour saturation)."""
+    grain, sat = [], []
+    for p in list(paths)[:30]:
+        img = cv2.imread(str(p))
+        g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        grain.append(np.median(np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.0))))
+        sat.append(cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1].mean())
+    return float(np.mean(grain)), float(np.mean(sat))
+
+
 def test_lsd_layout_imbalance_and_domain_shift(demo_root: Path):
     train = scan_lsd_folders(demo_root / "lsd" / "training_set_synthetic_images")
     val = scan_lsd_folders(demo_root / "lsd" / "validation_set_real_images")
@@ -81,26 +97,49 @@ def test_lsd_layout_imbalance_and_domain_shift(demo_root: Path):
     assert counts.argmin() == labels.LSD_CLASSES.index("FEAR") and counts.min() > 0
     assert (np.bincount(val.labels, minlength=6) > 0).all()
 
-    def style(paths) -> tuple[float, float]:
-        """(sensor grain: median |image - blurred image|, so sparse drawn edges do not count;
-        mean colour saturation)."""
-        grain, sat = [], []
-        for p in paths[:30]:
-            img = cv2.imread(str(p))
-            g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
-            grain.append(np.median(np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.0))))
-            sat.append(cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1].mean())
-        return float(np.mean(grain)), float(np.mean(sat))
-
-    (grain_syn, sat_syn), (grain_real, sat_real) = style(train.paths), style(val.paths)
+    (grain_syn, sat_syn), (grain_real, sat_real) = _style(train.paths), _style(val.paths)
     assert grain_real > 1.5 * grain_syn and sat_syn > 1.2 * sat_real  # noisy, muted photos vs clean renders
     assert len(list((demo_root / "pool").rglob("*.jpg"))) == SCALES["tiny"].pool
 
 
+def test_lsd_test_set_is_released_without_its_labels(demo_root: Path):
+    """The challenge's unlabelled test set: a release list with the expressions withheld, images
+    named without their class in a folder of their own, the truth outside lsd/, photo-style faces
+    of all six classes in validation's shares, in no class order."""
+    release = demo_root / "lsd" / "LSD_Challenge_test_set_release.txt"
+    lines = release.read_text().splitlines()
+    assert lines[0] == "image,expression" and all(line.endswith(",") for line in lines[1:])
+    images = read_test_list(release)
+    n = SCALES["tiny"].lsd_test
+    assert len(images) == n == SCALES["tiny"].lsd_real
+    folder = demo_root / "lsd" / "test_set_images"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(images)  # the listed images, no class folders
+    assert all(re.fullmatch(r"test_\d{6}\.jpg", name) for name in images)
+    assert not any(c.lower() in name.lower() for name in images for c in (*labels.LSD_FOLDER_ALIASES, *labels.EXPRESSIONS))
+    assert not list((demo_root / "lsd").rglob("*truth*"))
+    truth = read_lsd_labelled_list(demo_root / "truth" / "lsd_test_truth.txt")
+    assert truth.relative_keys() == images  # the truth names the images as the list does, in its order
+    summary = json.loads((demo_root / "demo_summary.json").read_text())
+    assert truth.class_counts() == summary["lsd"]["test"] == plan_demo(demo_root / "x", "tiny", 0).lsd["test"]
+    assert sum(summary["lsd"]["test"].values()) == n and min(summary["lsd"]["test"].values()) > 0
+    assert (np.diff(truth.labels) < 0).sum() >= n // 4  # shuffled: the order does not give the class away
+    val = scan_lsd_folders(demo_root / "lsd" / "validation_set_real_images")
+    assert truth.class_counts() == val.class_counts()  # validation's shares
+    val_bytes = {p.read_bytes() for p in val.paths}
+    assert not any((folder / name).read_bytes() in val_bytes for name in images)  # new draws
+    # The real (photo) style: grain and muted colour as in validation, unlike the clean renders.
+    syn = scan_lsd_folders(demo_root / "lsd" / "training_set_synthetic_images")
+    (grain_test, sat_test), (grain_val, sat_val), (grain_syn, sat_syn) = (
+        _style(paths) for paths in ([folder / i for i in images], val.paths, syn.paths))
+    assert grain_test > 1.5 * grain_syn and sat_syn > 1.2 * sat_test
+    assert 0.7 < grain_test / grain_val < 1.4 and 0.8 < sat_test / sat_val < 1.25
+
+
 def test_manifests_check_the_demo_set(demo_root: Path):
     mtl = check_dataset(demo_root / "mtl", "demo-mtl", splits=["train", "val"])
-    lsd = check_dataset(demo_root / "lsd", "demo-lsd", splits=["train", "val"])
+    lsd = check_dataset(demo_root / "lsd", "demo-lsd")
     assert mtl.ok and lsd.ok
+    assert lsd.counts("test")["images"] == SCALES["tiny"].lsd_test
     assert mtl.counts("train")["images"] == len(_ann(demo_root, "train"))
 
 
@@ -112,6 +151,7 @@ def test_manifest_counts_are_those_of_the_small_scale(tmp_path: Path):
         exp = mtl.splits[split].expected
         assert {k: exp[k] for k in ("images", "va", "expression", "au")} == {k: counts[k] for k in ("images", "va", "expression", "au")}
         assert lsd.splits[split].expected["images"] == sum(plan.lsd[split].values())
+    assert lsd.splits["test"].expected["images"] == sum(plan.lsd["test"].values()) == len(plan.lsd_test)
     assert mtl.splits["train"].expected["expression_counts"] == plan.annotations["train"].label_counts()["expression_counts"]
     assert lsd.splits["train"].expected["class_counts"] == plan.lsd["train"]
 
@@ -199,7 +239,7 @@ def test_stills_are_framed_like_crop_faces_crops(demo_root: Path):
 
 
 def test_contact_sheets(demo_root: Path):
-    for name in ("mtl", "lsd_synthetic", "lsd_real", "pool"):
+    for name in ("mtl", "lsd_synthetic", "lsd_real", "lsd_test", "pool"):
         img = cv2.imread(str(demo_root / "contact_sheets" / f"{name}.png"))
         assert img is not None and img.shape[0] > 300 and img.shape[1] >= 8 * 112, name
 

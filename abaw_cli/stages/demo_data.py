@@ -25,6 +25,8 @@ EXAMPLES = """
 
   OUT/mtl/cropped_aligned/<video>/<frame>.jpg + training/validation_set_annotations.txt  (train-mtl --data OUT/mtl)
   OUT/lsd/training_set_synthetic_images/<CLASS>/, OUT/lsd/validation_set_real_images/<CLASS>/  (cotrain --data OUT/lsd)
+  OUT/lsd/LSD_Challenge_test_set_release.txt + OUT/lsd/test_set_images/  the unlabelled test set (predict, cotrain --unlabeled)
+  OUT/truth/lsd_test_truth.txt  the test set's labels (score --truth; benches and tests only)
   OUT/pool/  unlabeled faces (pretrain-mae)      OUT/videos/*.mp4 + *.csv  per-frame truth (crop-faces, predict)
   OUT/contact_sheets/*.png  sample grids          OUT/demo_summary.json  counts
 """
@@ -38,9 +40,10 @@ def summary_table(summary: dict) -> Table:
     for split, c in summary["mtl"].items():
         t.add_row(f"mtl {split}", str(c["images"]),
                   f"{c['videos']} videos; labelled VA {c['va']}, expression {c['expression']}, AU {c['au']}")
-    for split, name in (("train", "lsd synthetic"), ("val", "lsd real")):
+    for split, name in (("train", "lsd synthetic"), ("val", "lsd real"), ("test", "lsd test")):
         counts = summary["lsd"][split]
         t.add_row(name, str(sum(counts.values())), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    t.add_row("", "", f"test: {summary['lsd']['test_list']}, labels withheld; truth in {summary['lsd']['test_truth']}")
     t.add_row("pool", str(summary["pool"]), "unlabeled faces")
     for v in summary["videos"]:
         t.add_row("video", str(v["frames"]), f"{v['name']} ({v['frames'] / v['fps']:.0f} s, truth in .csv)")

@@ -74,7 +74,7 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 
 
 def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> list[Path]:
-    """Writes ROOT/contact_sheets/{mtl,lsd_synthetic,lsd_real,pool}.png from the files under ROOT."""
+    """Writes ROOT/contact_sheets/{mtl,lsd_synthetic,lsd_real,lsd_test,pool}.png from the files under ROOT."""
     out = root / "contact_sheets"
     written = []
     rows = []
@@ -91,9 +91,10 @@ def write_contact_sheets(root: Path, annotations: dict[str, MTLAnnotations]) -> 
         sheet = _grid([(c, _spread(p, PER_ROW)) for c, p in by_class.items()], title)
         _save_png(out / f"{key}.png", sheet)
         written.append(out / f"{key}.png")
-    pool = list_images(root / "pool")
-    chunks = _spread(pool, PER_ROW * 6)
-    rows = [("", chunks[i:i + PER_ROW]) for i in range(0, len(chunks), PER_ROW)]
-    _save_png(out / "pool.png", _grid(rows, "Unlabeled pool (MAE pretraining)", label_w=0))
-    written.append(out / "pool.png")
+    for folder, key, title in (("lsd/test_set_images", "lsd_test", "LSD test set (labels withheld)"),
+                               ("pool", "pool", "Unlabeled pool (MAE pretraining)")):
+        chunks = _spread(list_images(root / folder), PER_ROW * 6)
+        rows = [("", chunks[i:i + PER_ROW]) for i in range(0, len(chunks), PER_ROW)]
+        _save_png(out / f"{key}.png", _grid(rows, title, label_w=0))
+        written.append(out / f"{key}.png")
     return written

@@ -3,9 +3,12 @@
     OUT/mtl/cropped_aligned/<video>/<frame:05d>.jpg + training/validation_set_annotations.txt
     OUT/lsd/training_set_synthetic_images/<CLASS>/*.jpg   (one rendering style)
     OUT/lsd/validation_set_real_images/<CLASS>/*.jpg      (a photographic style: domain shift)
+    OUT/lsd/LSD_Challenge_test_set_release.txt + test_set_images/test_<k:06d>.jpg
+                                                          (the unlabelled test set, photographic style)
+    OUT/truth/lsd_test_truth.txt                          (its labels: for benches and tests only)
     OUT/pool/<part>/*.jpg                                 (unlabeled faces for MAE)
     OUT/videos/<name>.mp4 + <name>.csv                    (scenes with per-frame truth)
-    OUT/contact_sheets/{mtl,lsd_synthetic,lsd_real,pool}.png
+    OUT/contact_sheets/{mtl,lsd_synthetic,lsd_real,lsd_test,pool}.png
     OUT/demo_summary.json
 
 Every image is seeded from (seed, stream, index) alone, so the files are the same whatever the
@@ -35,15 +38,17 @@ from abaw_cli.data.demo.expressions import sample_expression
 from abaw_cli.data.demo.face_render import random_identity
 from abaw_cli.data.demo.plans import Deck, Timeline, apply_missing, make_timeline, smooth_noise
 from abaw_cli.data.demo.video import render_video
-from abaw_cli.data.formats import MTLAnnotations, write_mtl_annotations
+from abaw_cli.data.formats import (
+    LSDSamples, MTLAnnotations, write_lsd_submission, write_lsd_test_release, write_mtl_annotations,
+)
 from abaw_cli.labels import EXPRESSIONS, LSD_CLASSES
 
 log = logging.getLogger(__name__)
 
-PARTS = ("mtl", "lsd", "pool", "videos", "contact_sheets")
+PARTS = ("mtl", "lsd", "pool", "videos", "truth", "contact_sheets")
 # Random streams: one per kind of item, so adding items of one kind never changes another.
-STREAM_MTL, STREAM_LSD_SYN, STREAM_LSD_REAL, STREAM_POOL, STREAM_VIDEO, STREAM_PLAN = range(1, 7)
-SPLIT_ID = {"train": 0, "val": 1}
+STREAM_MTL, STREAM_LSD_SYN, STREAM_LSD_REAL, STREAM_POOL, STREAM_VIDEO, STREAM_PLAN, STREAM_LSD_TEST = range(1, 8)
+SPLIT_ID = {"train": 0, "val": 1, "test": 2}  # plan streams: [seed, STREAM_PLAN, split id]
 # Missing-label rates of s-Aff-Wild2 (method.md): train VA 27%, expression 36%, AU 27%;
 # validation has every VA and AU label and 43% of frames without an expression.
 MISSING_RATES = {
@@ -58,6 +63,11 @@ LSD_TRAIN_POWER, LSD_VAL_POWER = 0.8, 0.3
 # Folder names as some LSD releases spell them (the readers accept the alias).
 LSD_TRAIN_FOLDERS = {"ANGER": "ANGRER"}
 POOL_PER_FOLDER = 500
+# The LSD test set as the challenge releases it: a list with the expressions withheld and images
+# named without their class; the truth lies outside lsd/ (OUT/truth/), for benches and tests.
+LSD_TEST_LIST = "LSD_Challenge_test_set_release.txt"
+LSD_TEST_IMAGES = "test_set_images"
+LSD_TEST_TRUTH = "truth/lsd_test_truth.txt"
 TRAIN_FILE, VAL_FILE = "training_set_annotations.txt", "validation_set_annotations.txt"
 
 
@@ -70,18 +80,19 @@ class Scale:
     seg_len: tuple[int, int]  # frames per expression segment
     lsd_synthetic: int
     lsd_real: int
+    lsd_test: int  # the unlabelled test set: real style, as many as the validation set
     pool: int
     videos: int
     video_seconds: float
 
 
 SCALES: dict[str, Scale] = {
-    "tiny": Scale(8, 4, (30, 30), (30, 30), (6, 12), 120, 60, 120, 1, 3.0),
+    "tiny": Scale(8, 4, (30, 30), (30, 30), (6, 12), 120, 60, 60, 120, 1, 3.0),
     # small: many short clips (one identity each), so that the MTL splits hold many distinct
     # expression instances (about 1,100 labelled segments in training, at least 30 per class in
     # validation; bench/demo_segments.py counts them) rather than long runs of one face.
-    "small": Scale(700, 400, (5, 7), (5, 7), (3, 5), 1500, 300, 6000, 2, 8.0),
-    "medium": Scale(160, 64, (45, 75), (40, 60), (8, 20), 6000, 1200, 6000, 4, 12.0),
+    "small": Scale(700, 400, (5, 7), (5, 7), (3, 5), 1500, 300, 300, 6000, 2, 8.0),
+    "medium": Scale(160, 64, (45, 75), (40, 60), (8, 20), 6000, 1200, 1200, 6000, 4, 12.0),
 }
 
 
@@ -202,7 +213,19 @@ def _plan_mtl(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict[st
     return jobs, annotations
 
 
-def _plan_stills(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict]:
+def _plan_lsd_test(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], LSDSamples]:
+    """The test set: validation's class shares and style, new draws, classes in a shuffled order
+    so that neither a name nor a position tells the class. Samples: paths as the list names them."""
+    counts = lsd_counts(scale.lsd_test, LSD_VAL_POWER)
+    classes = np.repeat(np.arange(len(LSD_CLASSES)), list(counts.values()))
+    classes = classes[np.random.default_rng([seed, STREAM_PLAN, SPLIT_ID["test"]]).permutation(len(classes))]
+    names = [f"test_{k:06d}.jpg" for k in range(len(classes))]
+    items = [{"style": "photo", "expression": LSD_CLASSES[c].capitalize(), "seed": [seed, STREAM_LSD_TEST, k],
+              "path": str(stage / "lsd" / LSD_TEST_IMAGES / name)} for k, (name, c) in enumerate(zip(names, classes))]
+    return items, LSDSamples(paths=[Path(n) for n in names], labels=classes)
+
+
+def _plan_stills(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict, LSDSamples]:
     items_by_part: dict[str, list[dict]] = {"lsd": [], "pool": []}
     counts = {"train": lsd_counts(scale.lsd_synthetic, LSD_TRAIN_POWER), "val": lsd_counts(scale.lsd_real, LSD_VAL_POWER)}
     for split, style, stream, folder in (("train", "synthetic", STREAM_LSD_SYN, "training_set_synthetic_images"),
@@ -216,6 +239,9 @@ def _plan_stills(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict
                     "path": str(stage / "lsd" / folder / sub / f"{split}_{k:06d}.jpg"),
                 })
                 k += 1
+    test_items, test = _plan_lsd_test(stage, scale, seed)
+    items_by_part["lsd"] += test_items
+    counts["test"] = test.class_counts()
     rng = np.random.default_rng([seed, STREAM_POOL])
     styles = rng.choice(scenes.STYLES, size=scale.pool, p=[0.7, 0.15, 0.15])
     exprs = rng.integers(0, len(EXPRESSIONS), scale.pool)
@@ -229,7 +255,7 @@ def _plan_stills(stage: Path, scale: Scale, seed: int) -> tuple[list[dict], dict
     for part, items in items_by_part.items():
         for i in range(0, len(items), chunk):
             jobs.append({"kind": "stills", "part": part, "items": items[i:i + chunk], "size": len(items[i:i + chunk])})
-    return jobs, counts
+    return jobs, counts, test
 
 
 def _plan_videos(stage: Path, scale: Scale, seed: int) -> list[dict]:
@@ -264,7 +290,8 @@ class DemoPlan:
     seed: int
     jobs: list[dict]
     annotations: dict[str, MTLAnnotations]  # "train", "val"
-    lsd: dict[str, dict[str, int]]  # "train", "val" -> class -> count
+    lsd: dict[str, dict[str, int]]  # "train", "val", "test" -> class -> count
+    lsd_test: LSDSamples  # the test images as the release list names them, with their classes
 
     def totals(self) -> dict[str, int]:
         """Items per part (MTL frames, LSD images, pool faces, videos)."""
@@ -280,8 +307,8 @@ def plan_demo(stage: Path | str, scale: str = "small", seed: int = 0) -> DemoPla
         raise ValueError(f"unknown demo scale {scale!r}; expected one of {', '.join(SCALES)}")
     stage, sc = Path(stage), SCALES[scale]
     mtl_jobs, annotations = _plan_mtl(stage, sc, seed)
-    still_jobs, lsd = _plan_stills(stage, sc, seed)
-    return DemoPlan(scale, seed, mtl_jobs + still_jobs + _plan_videos(stage, sc, seed), annotations, lsd)
+    still_jobs, lsd, lsd_test = _plan_stills(stage, sc, seed)
+    return DemoPlan(scale, seed, mtl_jobs + still_jobs + _plan_videos(stage, sc, seed), annotations, lsd, lsd_test)
 
 
 def run_job(job: dict) -> int:
@@ -315,6 +342,9 @@ def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers:
         _render(plan.jobs, plan.totals(), workers, show_progress)
         for split, fname in (("train", TRAIN_FILE), ("val", VAL_FILE)):
             write_mtl_annotations(stage / "mtl" / fname, plan.annotations[split])
+        test_images = plan.lsd_test.relative_keys()
+        write_lsd_test_release(stage / "lsd" / LSD_TEST_LIST, test_images)
+        write_lsd_submission(stage / LSD_TEST_TRUTH, test_images, plan.lsd_test.labels)
         write_contact_sheets(stage, plan.annotations)
         for part in PARTS:
             if (out / part).exists():
@@ -328,8 +358,9 @@ def generate_demo(out: Path | str, scale: str = "small", seed: int = 0, workers:
         "scale_config": asdict(sc),
         "mtl": {split: ann.label_counts() | {"videos": len({i.split('/')[0] for i in ann.images})}
                 for split, ann in plan.annotations.items()},
-        "lsd": {"train": plan.lsd["train"], "val": plan.lsd["val"],
-                "train_folders": {LSD_TRAIN_FOLDERS.get(k, k): v for k, v in plan.lsd["train"].items()}},
+        "lsd": {"train": plan.lsd["train"], "val": plan.lsd["val"], "test": plan.lsd["test"],
+                "train_folders": {LSD_TRAIN_FOLDERS.get(k, k): v for k, v in plan.lsd["train"].items()},
+                "test_list": f"lsd/{LSD_TEST_LIST}", "test_images": f"lsd/{LSD_TEST_IMAGES}", "test_truth": LSD_TEST_TRUTH},
         "pool": sc.pool,
         "videos": [{"name": Path(j["path"]).name, "frames": j["size"], "fps": 25} for j in plan.jobs if j["kind"] == "video"],
         "workers": workers,
