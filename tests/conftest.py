@@ -43,6 +43,17 @@ def tiny_mtl_model(demo_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_cotrain_run(demo_root, tmp_path_factory):
+    """(run folder, best.pt, result) of a real cotrain run (preset test-tiny, 2 epochs) on the tiny
+    demo LSD set: a two-view Masked CoTEX model with the checkpoint layout predict reads."""
+    from abaw_cli.train.cotrain import cotrain
+
+    out = tmp_path_factory.mktemp("cotrain") / "run"
+    result = cotrain(out, "test-tiny", overrides={"data.root": str(demo_root / "lsd"), "optim.device": "cpu"})
+    return out, result.best_checkpoint, result
+
+
+@pytest.fixture(scope="session")
 def demo_small_root(tmp_path_factory) -> Path:
     """The `small` demo data set (seed 0, what `make pipeline` renders; about 30 s on 2 cores):
     enough labelled faces for a model to learn expressions from, and two 8 s demo videos."""

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from abaw_cli.cli import app
+from abaw_cli.data.demo import SCALES
+from abaw_cli.data.formats import read_test_list
 from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights
 from abaw_cli.data.manifest import DatasetError
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.models.registry import load_model
-from abaw_cli.train.cotrain import CotrainTask, cotrain, load_lsd, pseudo_label_loss, resolve_config
+from abaw_cli.train.cotrain import CotrainTask, cotrain, load_lsd, load_unlabeled, pseudo_label_loss, resolve_config
 from abaw_cli.train.engine import read_log
 
 
@@ -20,11 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(demo_root, tmp_path_factory):
-    """One test-tiny run (2 epochs) on the demo LSD set, shared by the checks below."""
-    out = tmp_path_factory.mktemp("cotrain") / "run"
-    result = cotrain(out, "test-tiny", overrides={"data.root": str(demo_root / "lsd"), "optim.device": "cpu"})
-    return out, result.best_checkpoint, result
+def tiny_run(tiny_cotrain_run):
+    """One test-tiny run (2 epochs) on the demo LSD set (conftest), shared by the checks below."""
+    return tiny_cotrain_run
 
 
 def test_short_run_writes_best_checkpoint_metrics_and_plots(tiny_run):
@@ -87,6 +90,32 @@ def test_unlabeled_folder_must_not_hold_validation_images(demo_root, tmp_path):
     overrides = {"data.root": str(demo_root / "lsd"), "data.unlabeled": str(demo_root / "lsd" / "validation_set_real_images"), "optim.device": "cpu"}
     with pytest.raises(DatasetError, match="validation"):
         cotrain(tmp_path / "leak", "test-tiny", overrides=overrides)
+
+
+def test_the_test_release_list_is_an_unlabeled_source(demo_root, tmp_path):
+    """`abaw cotrain --unlabeled lsd/LSD_Challenge_test_set_release.txt`: the listed images, found in
+    test_set_images/ beside the list, are co-trained on; a list whose images are elsewhere is
+    refused with a message that says where they were looked for."""
+    release = demo_root / "lsd" / "LSD_Challenge_test_set_release.txt"
+    _, val = load_lsd(demo_root / "lsd", "auto")
+    faces = load_unlabeled(str(release), val)
+    listed = read_test_list(release)
+    assert faces == [demo_root / "lsd" / "test_set_images" / name for name in listed]
+    assert len(faces) == SCALES["tiny"].lsd_test and all(f.is_file() for f in faces)
+    out = tmp_path / "run_t"
+    result = CliRunner().invoke(app, [
+        "cotrain", "--data", str(demo_root / "lsd"), "--out", str(out), "--preset", "test-tiny", "--device", "cpu",
+        "--unlabeled", str(release), "--max-steps", "2", "--pseudo-threshold", "0", "--pseudo-start-epoch", "0",
+    ])
+    assert result.exit_code == 0, result.output
+    steps = [r for r in read_log(out / "log.jsonl") if r["type"] == "step"]
+    assert len(steps) == 2 and all("pseudo_rate" in r for r in steps)
+    assert steps[0]["pseudo_rate"] > 0 and steps[0]["pseudo"] > 0  # the test faces were pseudo-labelled (views agree at the start)
+    elsewhere = tmp_path / "elsewhere" / release.name
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(release.read_bytes())
+    with pytest.raises(DatasetError, match="test_set_images/ beside the list.*pass the folder"):
+        load_unlabeled(str(elsewhere), val)
 
 
 def test_views_start_from_the_same_weights(demo_root, tmp_path):

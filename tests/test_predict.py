@@ -15,10 +15,12 @@ from typer.testing import CliRunner
 from abaw_cli import labels
 from abaw_cli.data.formats import (
     prediction_columns,
+    read_lsd_labelled_list,
     read_lsd_submission,
     read_mtl_annotations,
     read_mtl_submission,
     read_prediction_table,
+    read_test_list,
     scan_lsd_folders,
 )
 from abaw_cli.faces.detector import Detections
@@ -204,6 +206,29 @@ def test_lsd_tree_gives_a_submission_with_relative_names(tmp_path, demo_root, ti
     assert ((classes >= 0) & (classes < 6)).all()
     scores = _score(tmp_path, out, tree)
     assert scores["coverage"]["coverage"] == 1.0 and 0.0 <= scores["scores"]["f1"] <= 1.0
+
+
+def test_lsd_test_release_gives_a_submission_that_score_reads_against_the_demo_truth(tmp_path, demo_root, tiny_cotrain_run):
+    """The challenge's unlabelled test list through a cotrain model: the submission in list order,
+    the same with --images and with the images found beside the list, scored against the truth."""
+    _, model, _ = tiny_cotrain_run
+    release = demo_root / "lsd" / "LSD_Challenge_test_set_release.txt"
+    out = tmp_path / "lsd_test_submission.txt"
+    result = _invoke("predict", release, "--images", demo_root / "lsd" / "test_set_images", "--model", model, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    images, classes = read_lsd_submission(out)
+    assert out.read_text().splitlines()[0] == "image,expression"
+    assert images == read_test_list(release) and ((classes >= 0) & (classes < 6)).all()
+    beside = tmp_path / "beside.txt"
+    result = _invoke("predict", release, "--model", model, "--out", beside, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert beside.read_bytes() == out.read_bytes()  # test_set_images/ beside the list, found without --images
+    truth = demo_root / "truth" / "lsd_test_truth.txt"
+    scores = _score(tmp_path, out, truth)
+    true = read_lsd_labelled_list(truth).labels
+    assert scores["coverage"]["coverage"] == 1.0 and scores["coverage"]["extra_predictions"] == 0
+    assert scores["scores"]["accuracy"] == pytest.approx(float((classes == true).mean()))
+    assert np.array(scores["confusion_matrix"]["counts"]).sum(axis=1).tolist() == np.bincount(true, minlength=6).tolist()
 
 
 def test_wrong_kind_checkpoint_and_unreadable_video_exit_2(tmp_path, demo_video, tiny_mtl_model):

@@ -17,6 +17,7 @@ from abaw_cli.data.formats import (
     PredictionTableWriter,
     prediction_columns,
     write_lsd_submission,
+    write_lsd_test_release,
     write_mtl_annotations,
     write_mtl_submission,
 )
@@ -186,6 +187,28 @@ def test_missing_predictions_are_an_error_unless_partial(tmp_path):
     assert "coverage" in result.stdout
 
 
+def test_lsd_truth_of_other_images_or_without_labels_exits_2(tmp_path):
+    """A test-set truth must name the submission's images: one of another set (no name in common,
+    or some names missing) and the release list itself (labels withheld) are refused."""
+    images = [f"test_{k:06d}.jpg" for k in range(12)]
+    true = np.arange(12) % 6
+    sub = write_lsd_submission(tmp_path / "lsd_test_submission.txt", images, (true + 1) % 6)
+    truth = write_lsd_submission(tmp_path / "truth.txt", images, true)
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(truth), "--task", "lsd", "--json", str(tmp_path / "ok" / "ok.json")])
+    assert result.exit_code == 0, result.output
+    other = write_lsd_submission(tmp_path / "other_truth.txt", [f"img_{k:06d}.jpg" for k in range(12)], true)
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(other), "--task", "lsd"])
+    assert result.exit_code == 2
+    assert "none of the 12 images of" in result.stderr and "img_000000.jpg" in result.stderr and "test_000000.jpg" in result.stderr
+    more = write_lsd_submission(tmp_path / "more_truth.txt", images + ["test_000012.jpg"], np.append(true, 0))
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(more), "--task", "lsd"])
+    assert result.exit_code == 2 and "1 of 13 images" in result.stderr and "test_000012.jpg" in result.stderr
+    release = write_lsd_test_release(tmp_path / "LSD_Challenge_test_set_release.txt", images)
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(release), "--task", "lsd"])
+    assert result.exit_code == 2 and ":2: no expression" in result.stderr and "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.scores.json"))
+
+
 def _bad_files(tmp_path: Path):
     truth, images, (va, expr, aus), _ = make_mtl(tmp_path)
     good = write_mtl_submission(tmp_path / "good.txt", images, va, expr, aus)
@@ -260,3 +283,4 @@ def test_pipeline_summary_labels_how_the_au_thresholds_were_chosen(tmp_path, cap
     text = " ".join(capsys.readouterr().out.split())
     assert "AU mean F1 (AUs at 0.5)" in text and "P_MTL (AUs at 0.5)" in text
     assert "tuned on validation (optimistic" in text and "0.777" in text and "1.234" in text
+

@@ -26,6 +26,8 @@ EXAMPLES = """
 
   abaw cotrain --data demo/lsd --out runs/cotex-u --init runs/mae/encoder.pt --unlabeled crops/ --pseudo-threshold 0.9
 
+  abaw cotrain --data demo/lsd --out runs/cotex-t --init runs/mae/encoder.pt --unlabeled demo/lsd/LSD_Challenge_test_set_release.txt
+
   abaw cotrain --data ABAW4/LSD --out runs/cotex-b16 --init mae_pretrain_vit_base.pth --preset paper --mask-ratio 0.5 --device cuda
 
   torchrun --nproc_per_node=4 -m abaw_cli cotrain --data ABAW4/LSD --out runs/cotex-b16 --init encoder.pt --preset paper --accum 1
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
         init: Annotated[str | None, typer.Option("--init", help="encoder.pt (pretrain-mae) or a public MAE file for both views, or `none` (random).")] = None,
         mask_ratio: Annotated[float | None, typer.Option("--mask-ratio", help="Share of patch tokens each view drops in training (0 = none).")] = None,
         lambda_js: Annotated[float | None, typer.Option("--lambda-js", help="Weight of the Jensen-Shannon consistency term (paper: 100).")] = None,
-        unlabeled: Annotated[Path | None, typer.Option("--unlabeled", help="Folder of real face crops (e.g. crop-faces output) for co-training.")] = None,
+        unlabeled: Annotated[Path | None, typer.Option("--unlabeled", help="Real face crops for co-training: a folder (e.g. crop-faces output), an image list, or the unlabelled test release LSD_Challenge_test_set_release.txt (images in test_set_images/ beside it).")] = None,
         pseudo_threshold: Annotated[float | None, typer.Option("--pseudo-threshold", help="Confidence both views need to pseudo-label an unlabeled face.")] = None,
         pseudo_weight: Annotated[float | None, typer.Option("--pseudo-weight", help="Weight of the pseudo-label cross-entropy.")] = None,
         pseudo_start_epoch: Annotated[int | None, typer.Option("--pseudo-start-epoch", help="First epoch (0-based) that uses pseudo-labels.")] = None,

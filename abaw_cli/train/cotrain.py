@@ -27,9 +27,10 @@ lr = base_lr x effective batch / 256, so a larger batch also raises the lr; the 
 an absolute `optim.lr` (5e-4 in `paper`, as the authors' script does by default: its lr zoom is
 off), so the 1/(1-r) scaling changes the batch only. Set `optim.lr: null` to use the linear rule.
 
-Beyond the paper, --unlabeled DIR (classic co-training on real faces): every training item is
-paired with one random unlabeled face (data.lsd.LabelledWithUnlabeled), so a batch holds B of
-each. Each view first predicts every unlabeled face with all tokens and no drop-path (no
+Beyond the paper, --unlabeled SOURCE (classic co-training on real faces: a folder of faces, an
+image list, or the challenge's unlabelled test release LSD_Challenge_test_set_release.txt): every
+training item is paired with one random unlabeled face (data.lsd.LabelledWithUnlabeled), so a
+batch holds B of each. Each view first predicts every unlabeled face with all tokens and no drop-path (no
 gradient). A face is pseudo-labelled when all views predict the same class, each with probability
 >= --pseudo-threshold; the class a view is taught is the one the OTHER view(s) predicted, and it is
 taught on the view's own token-dropped forward of the face. The term added is
@@ -76,8 +77,8 @@ from abaw_cli.data.lsd import (
     require_every_class,
     train_transform,
 )
+from abaw_cli.data.images import ImageSourceError, find_images
 from abaw_cli.data.manifest import DatasetError, check_dataset, pick_manifest
-from abaw_cli.image_files import list_images
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.metrics import lsd_confusion, lsd_f1
 from abaw_cli.models.cotex import MaskedCoTEX, build_masked_cotex
@@ -114,7 +115,7 @@ class CotrainLossConfig:
 class CotrainDataConfig:
     root: str = ""  # LSD root: training_set_synthetic_images/ + validation_set_real_images/
     manifest: str = "auto"  # data_manifests name; auto = demo-lsd for demo data, else abaw4-lsd
-    unlabeled: str | None = None  # folder of real face crops for co-training, or None
+    unlabeled: str | None = None  # real face crops for co-training (folder, image list, LSD test release), or None
     scale_batch_by_mask: bool = True  # batch = optim.batch_size / (1 - mask_ratio) (the paper)
     eval_batch_size: int = 256
 
@@ -175,14 +176,16 @@ def load_lsd(root: Path, manifest: str) -> tuple[LSDSamples, LSDSamples]:
     return train, val
 
 
-def load_unlabeled(folder: str, val: LSDSamples) -> list[Path]:
-    """The --unlabeled faces; refuses an empty folder and one that holds validation images."""
-    faces = list_images(folder) if Path(folder).is_dir() else []
-    if not faces:
-        raise DatasetError(f"--unlabeled {folder}: not a folder of face images (none found in it or below it)")
+def load_unlabeled(source: str, val: LSDSamples) -> list[Path]:
+    """The --unlabeled faces: a folder, an image list or an ABAW test list such as the LSD release
+    (data.images.find_images); refuses a source without images and one that holds validation images."""
+    try:
+        faces = find_images([source])
+    except ImageSourceError as err:
+        raise DatasetError(f"--unlabeled: {err}") from None
     overlap = {p.resolve() for p in faces} & {Path(p).resolve() for p in val.paths}
     if overlap:
-        raise DatasetError(f"--unlabeled {folder} holds {len(overlap)} validation image(s) (e.g. {sorted(overlap)[0]}): pseudo-labelling them would leak the validation set")
+        raise DatasetError(f"--unlabeled {source} holds {len(overlap)} validation image(s) (e.g. {sorted(overlap)[0]}): pseudo-labelling them would leak the validation set")
     return faces
 
 
