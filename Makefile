@@ -78,6 +78,13 @@ MTL_DATA ?= $(DATA_ROOT)/mtl
 LSD_DATA ?= $(DATA_ROOT)/lsd
 VIDEOS ?= $(DATA_ROOT)/videos
 MAE_DATA ?= $(DATA_ROOT)/pool
+# The LSD test set, as the challenge releases it: the list (labels withheld) and its images. The
+# demo also renders its truth (outside lsd/), so on the demo the pipeline scores the test set too;
+# with DATA (no truth) it writes the submission when the list is there, and scores nothing.
+LSD_TEST_LIST ?= $(LSD_DATA)/LSD_Challenge_test_set_release.txt
+LSD_TEST_IMAGES ?= $(LSD_DATA)/test_set_images
+LSD_TEST_TRUTH ?= $(if $(DATA_DEP),$(DATA_ROOT)/truth/lsd_test_truth.txt)
+LSD_TEST := $(if $(LSD_TEST_TRUTH),$(RUNS)/score/lsd_test.json,$(if $(wildcard $(LSD_TEST_LIST)),$(RUNS)/predict/lsd_test_submission.txt))
 ABAW := $(VENV)/bin/abaw
 # Training stages run under torchrun when NPROC > 1 (the only launcher; multi-node: see README).
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m abaw_cli,$(ABAW))
@@ -89,7 +96,7 @@ resume_if = $(if $(wildcard $(1)/checkpoint-last.pt),--resume)
 MTL_INIT ?= $(RUNS)/pretrain-mae/encoder.pt
 COTRAIN_INIT ?= $(if $(filter cpu-small,$(PRESET)),none,$(RUNS)/pretrain-mae/encoder.pt)
 
-pipeline: install $(RUNS)/score/mtl.json $(RUNS)/score/lsd.json
+pipeline: install $(RUNS)/score/mtl.json $(RUNS)/score/lsd.json $(LSD_TEST)
 	@$(PY) -m abaw_cli.pipeline_summary $(RUNS)
 
 $(DEMO)/.done: | install
@@ -124,11 +131,18 @@ $(RUNS)/predict/lsd_submission.txt: $(RUNS)/cotrain/best.pt
 	$(ABAW) predict $(firstword $(sort $(wildcard $(VIDEOS)/*.mp4))) --model $< --out $(RUNS)/predict/video_lsd.csv \
 		--overlay $(RUNS)/predict/video_lsd_overlay.mp4 --plot $(RUNS)/predict/video_lsd_timeline.png
 
+# The challenge's unlabelled test set, through the same LSD model: the submission in list order.
+$(RUNS)/predict/lsd_test_submission.txt: $(RUNS)/cotrain/best.pt
+	$(ABAW) predict $(LSD_TEST_LIST) --images $(LSD_TEST_IMAGES) --model $< --out $@
+
 $(RUNS)/score/mtl.json: $(RUNS)/predict/mtl_submission.txt
 	$(ABAW) score $< --truth $(MTL_DATA)/validation_set_annotations.txt --task mtl --json $@
 
 $(RUNS)/score/lsd.json: $(RUNS)/predict/lsd_submission.txt
 	$(ABAW) score $< --truth $(LSD_DATA)/validation_set_real_images --task lsd --json $@
+
+$(RUNS)/score/lsd_test.json: $(RUNS)/predict/lsd_test_submission.txt
+	$(ABAW) score $< --truth $(LSD_TEST_TRUTH) --task lsd --json $@
 
 pipeline-clean:
 	rm -rf $(RUNS)

@@ -1,7 +1,7 @@
 """The closing tables of `make pipeline`: P_MTL and LSD F1 next to what chance would score.
 
-Run as `python -m abaw_cli.pipeline_summary RUNS`; reads RUNS/score/{mtl,lsd}.json written by
-`abaw score`, and RUNS/train-mtl/metrics.json for the AU figures with thresholds tuned on
+Run as `python -m abaw_cli.pipeline_summary RUNS`; reads RUNS/score/{mtl,lsd,lsd_test}.json written
+by `abaw score` (lsd_test: the LSD test set against the truth the demo renders), and RUNS/train-mtl/metrics.json for the AU figures with thresholds tuned on
 validation (labelled: they flatter). Chance is computed from the truth itself
 (the class and AU frequencies in the score files), so it is the honest floor for this data:
 expression / LSD class drawn uniformly at random, every AU predicted present, VA uncorrelated.
@@ -65,11 +65,15 @@ def mtl_table(result: dict, train_metrics: dict | None = None) -> Table:
     return table
 
 
-def lsd_table(result: dict) -> Table:
+LSD_VALIDATION_TITLE = "LSD validation on the 'real' style (Masked CoTEX, cotrain best.pt)"
+LSD_TEST_TITLE = "LSD test set (demo truth; Masked CoTEX, cotrain best.pt)"
+
+
+def lsd_table(result: dict, title: str = LSD_VALIDATION_TITLE) -> Table:
     s = result["scores"]
     cm = result["confusion_matrix"]
     truth_counts = np.array(cm["counts"]).sum(axis=1)
-    table = Table(title="LSD validation on the 'real' style (Masked CoTEX, cotrain best.pt)")
+    table = Table(title=title)
     for col in ("class", "F1", "chance"):
         table.add_column(col, justify="right" if col != "class" else "left")
     per_class = s.get("f1_per_class", {})
@@ -88,7 +92,8 @@ def main(runs: Path) -> int:
     shown = 0
     train_metrics_path = runs / "train-mtl" / "metrics.json"
     train_metrics = json.loads(train_metrics_path.read_text()) if train_metrics_path.exists() else None
-    for name, render in (("mtl", lambda r: mtl_table(r, train_metrics)), ("lsd", lsd_table)):
+    for name, render in (("mtl", lambda r: mtl_table(r, train_metrics)), ("lsd", lsd_table),
+                         ("lsd_test", lambda r: lsd_table(r, LSD_TEST_TITLE))):
         path = score_dir / f"{name}.json"
         if path.exists():
             console.print(render(json.loads(path.read_text())))

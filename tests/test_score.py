@@ -284,3 +284,19 @@ def test_pipeline_summary_labels_how_the_au_thresholds_were_chosen(tmp_path, cap
     assert "AU mean F1 (AUs at 0.5)" in text and "P_MTL (AUs at 0.5)" in text
     assert "tuned on validation (optimistic" in text and "0.777" in text and "1.234" in text
 
+
+def test_pipeline_summary_shows_the_lsd_test_set_against_the_demo_truth(tmp_path, capsys):
+    from abaw_cli import pipeline_summary
+
+    images = [f"test_{k:06d}.jpg" for k in range(12)]
+    true = np.arange(12) % 6
+    sub = write_lsd_submission(tmp_path / "lsd_test_submission.txt", images, np.where(true < 3, true, 0))
+    truth = write_lsd_submission(tmp_path / "lsd_test_truth.txt", images, true)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["score", str(sub), "--truth", str(truth), "--json", str(runs / "score" / "lsd_test.json")])
+    assert result.exit_code == 0, result.output
+    assert pipeline_summary.main(runs) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    f1 = f1_score(true, np.where(true < 3, true, 0), average="macro")
+    assert "LSD test set (demo truth" in text and f"macro-F1 │ {f1:.3f}" in text
+    assert "LSD validation" not in text  # no lsd.json: only what was scored is shown
