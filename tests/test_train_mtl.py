@@ -223,18 +223,29 @@ def test_an_unreadable_frame_is_named_by_the_dataset(mtl_root: Path, tmp_path: P
 
 def test_a_tiny_emma_overfits_a_few_dozen_frames(mtl_root: Path, tmp_path: Path):
     """A change that breaks learning (losses, heads, data order, optimiser) fails here: test-tiny
-    EMMA, full loss, must fit the expressions of 48 training frames within 150 steps."""
+    EMMA, full loss, must fit the expressions of two dozen training frames within 480 steps.
+
+    The frames sit inside an expression segment (both neighbours carry the same label), so each
+    label is what the face shows rather than a ramp between two expressions. Each is listed 16x so
+    that an epoch is 24 steps (the engine validates and checkpoints per epoch). The optimiser is set
+    for memorising: clipping at 1.0 (not the paper's 0.05), no drop-path, weight decay or layer
+    decay, lr 5e-3. Measured with one
+    thread: training accuracy 0.875 after 480 steps (0.81 for 48 frames after 600)."""
     from abaw_cli.train.engine import Engine
 
     train, _ = load_mtl_splits(mtl_root)
-    labelled = np.flatnonzero(train.has_expression)
-    rng = np.random.default_rng(0)
-    few = train.subset(np.sort(rng.choice(labelled, 48, replace=False)))
-    cfg = _config(**{"data.root": str(mtl_root), "model.prior": "none", "optim.epochs": 50, "optim.batch_size": 16,
-                     "optim.lr": 2e-3, "optim.warmup_epochs": 1, "optim.device": "cpu"})
-    task = mtl.MTLTask(cfg, few, few)
+    clip = np.array([image.split("/", 1)[0] for image in train.images])
+    e = train.expression
+    steady = [i for i in np.flatnonzero(train.has_expression)[1:-1]
+              if clip[i - 1] == clip[i] == clip[i + 1] and e[i - 1] == e[i] == e[i + 1]]
+    few = train.subset(np.sort(np.random.default_rng(0).choice(steady, 24, replace=False)))
+    cfg = _config(**{"data.root": str(mtl_root), "model.prior": "none", "model.drop_path": 0.0, "optim.epochs": 20,
+                     "optim.batch_size": 16, "optim.lr": 5e-3, "optim.warmup_epochs": 1, "optim.clip_grad": 1.0,
+                     "optim.weight_decay": 0.0, "optim.layer_decay": 1.0, "optim.device": "cpu"})
+    task = mtl.MTLTask(cfg, few.subset(np.tile(np.arange(len(few)), 16)), few)
     engine = Engine(cfg.optim, task, tmp_path / "run", run_config=cfg)
-    engine.fit()
+    result = engine.fit()
+    assert result.history[-1]["step"] == 480
     model = engine.model.eval()
     images = torch.stack([MTLDataset(mtl_root, few, 32, train=False)[i][0] for i in range(len(few))])
     with torch.no_grad():
