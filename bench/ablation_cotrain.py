@@ -8,7 +8,10 @@ validation folders:
   cotex    Masked CoTEX: two views, mask ratio r, CE + lambda JS   (the paper)
   cotex+u  Masked CoTEX + co-training on unlabeled real-style faces   (--unlabeled)
 
-Unlabeled faces (default `--unlabeled-source pool`): the demo's unlabeled face pool, the set
+Unlabeled faces (default `--unlabeled-source test-set`): the demo's LSD test set, released as the
+challenge releases it (`lsd/LSD_Challenge_test_set_release.txt`, labels withheld; real-style faces
+of the six classes, none of them in the validation folders): the paper's own unlabeled material.
+`--unlabeled-source pool`: the demo's unlabeled face pool, the set
 MAE pretraining uses. It is rendered apart from the LSD folders (its own random stream), so no
 validation image is in it, and its labels are never read. It mixes the MTL "wild" style (70%)
 with the synthetic and the real photo style (15% each) and holds all 8 ABAW expressions,
@@ -43,6 +46,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from abaw_cli.atomic import atomic_write_text
 from abaw_cli.data.demo import generate_demo
 from abaw_cli.train.cotrain import cotrain
 
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", default=None, help="encoder.pt for both views, none, or mae (pretrain one on the demo pool first); default: the profile's")
     ap.add_argument("--mask-ratio", type=float, default=None)
     ap.add_argument("--pseudo-threshold", type=float, default=None)
-    ap.add_argument("--unlabeled-source", choices=("pool", "second-demo"), default="pool")
+    ap.add_argument("--unlabeled-source", choices=("test-set", "pool", "second-demo"), default="test-set")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides, e.g. model.depth=6")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--device", default="cpu", help="cpu (the reference) or cuda")
@@ -131,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if "cotex+u" in args.systems:
         if args.unlabeled_source == "second-demo":
             unlabeled = ensure_demo(work / f"demo_{args.scale}_seed1", args.scale, 1) / "lsd" / "validation_set_real_images"
-        else:
+        elif args.unlabeled_source == "pool":
             unlabeled = demo / "pool"
+        else:
+            unlabeled = demo / "lsd" / "LSD_Challenge_test_set_release.txt"
 
     profile = PROFILES[args.profile]
     init = args.init or profile["init"]
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["pseudo_rate_last_epoch"] = statistics.fmean(r["pseudo_rate"] for r in steps if r.get("type") == "step" and r.get("epoch") == last["epoch"] and "pseudo_rate" in r)
             results[system].append(row)
             if args.json:  # partial results survive an interrupted bench
-                args.json.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
+                atomic_write_text(args.json.with_suffix(".partial.json"), json.dumps(results, indent=1))
             console.log(f"{system:8s} seed {seed}: last F1 {row['last_f1']:.3f}  best {row['best_f1']:.3f}  ({seconds:.0f} s)")
 
     summary = {}
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     sys.stdout.write(text + "\n")
     if args.json:
-        args.json.write_text(text + "\n")
+        atomic_write_text(args.json, text + "\n")
     return 0
 
 
