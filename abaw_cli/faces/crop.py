@@ -180,7 +180,7 @@ def _crop_faces(
         try:
             reader = open_source(source, fps=settings.fps, queue_size=queue_size, decoder_threads=decoder_threads_for(torch_device))
             if detector is None:
-                detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch)
+                detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch, share_cores=True)
                 log.info("detecting with %s", detector)
             task = progress.add_task(source.name, total=reader.expected_frames)
             result = process_source(source, reader, detector, settings, out, writer, on_frame=lambda n: progress.advance(task, n))

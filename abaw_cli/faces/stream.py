@@ -22,13 +22,16 @@ calling thread runs MTCNN on up to `batch` frames (torch releases the GIL; a bat
 decoded, so the detector never waits for a full one), then aligns (tens of microseconds per face)
 and tracks. Slow consumer work (JPEG writing, model inference on the crops) should be handed to
 another thread or batched, as crop-faces does, so that detection stays the only thing the main
-thread waits on. On a CPU, wrap the loop in `runtime.cpu_threads(detector.device)`: torch then
-runs on every core of this process (divided among local torchrun ranks), and a reader opened here
-decodes with one thread: decoding and writing need a few percent of a core, so none is kept for
-them (issue 18: a reserved core idled half of a 2-core machine).
+thread waits on. On a CPU, do as crop-faces and predict do: wrap the loop in
+`runtime.cpu_threads(detector.device)`, so that torch runs on every core of this process (divided
+among local torchrun ranks), and build the detector with share_cores=True, so that it gives back
+the cores other processes keep busy (runtime.FreeCoreThreads). A reader opened here decodes with
+one thread: decoding and writing need a few percent of a core, so no core is kept for them (issue
+18: a reserved core idled half of a 2-core machine).
 
+    detector = FaceDetector(device="cpu", share_cores=True)
     with cpu_threads(detector.device):
-        for ff in iter_frame_faces(...): ...
+        for ff in iter_frame_faces(source, detector): ...
 """
 
 from __future__ import annotations

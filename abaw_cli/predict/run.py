@@ -185,7 +185,7 @@ def _run_jobs(req: PredictRequest, planned: list[SetJob | SourceJob], predictor:
             if isinstance(job, SetJob):
                 return predict_image_set(job.image_set, predictor, job.out, set_batch, req.workers, progress)
             if detector is None:  # built by the first rank-owned source: a rank with lists only needs none
-                detector = FaceDetector(device=device, min_face=req.min_face)
+                detector = FaceDetector(device=device, min_face=req.min_face, share_cores=True)
             # Photos are unrelated stills: following faces between them would be meaningless.
             detect_every = req.detect_every if job.source.kind == "video" else 1
             options = VideoOptions(req.faces, detect_every, req.smooth_s, video_batch, req.overlay_label)
