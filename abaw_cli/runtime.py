@@ -48,7 +48,8 @@ def cpu_threads(device: torch.device, threads: int | None = None):
     """On a CPU device, run torch with `threads` intra-op threads inside the block (default: all of
     cores_per_rank(); restored afterwards). No core is kept back for the decoder and writer threads
     beside a detector: they need a few percent of one core and release the GIL in OpenCV, and a
-    core held for them idled half of a 2-core machine (crop-faces x1.55 without it, issue 18).
+    core held for them idled half of a 2-core machine (issue 18: `abaw crop-faces` on two 200-frame
+    demo videos took 25.5 s with it, 19 s without).
     Dividing by the local ranks is the guard against oversubscription under torchrun; FreeCoreThreads
     is the one against other processes on a shared machine."""
     if device.type != "cpu":
