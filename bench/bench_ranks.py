@@ -7,9 +7,9 @@ The sources are --videos synthetic 640x360 videos of --frames frames (the scikit
 moving across a grey frame; bench_crop_faces.synthetic_video). Each command runs as a user runs it,
 `torchrun --standalone --nproc_per_node=N -m abaw_cli ...` into a fresh output folder, so the
 wall time includes starting N processes and loading MTCNN (and the model) in each; sources/s =
-videos / wall seconds, and the ratio is against N = 1 measured in the same run. On a CPU,
-torchrun gives each of N > 1 ranks one thread (OMP_NUM_THREADS=1) and one rank all cores, so
-the ratio says what spreading sources buys over one process using the same cores.
+videos / wall seconds, and the ratio is against N = 1 measured in the same run. On a CPU each
+rank runs torch on cores // N threads (runtime.cores_per_rank, fewer while other processes keep
+cores busy), so the ratio says what spreading sources buys over one process using the same cores.
 predict uses --model, else a randomly initialised cpu-small EMMA (speed does not depend on weights).
 """
 

@@ -16,7 +16,7 @@ from abaw_cli.cli import app
 from abaw_cli.faces.detector import FaceDetector
 from abaw_cli.faces.manifest import FACES_COLUMNS
 from abaw_cli.faces.sources import expand_inputs
-from abaw_cli.faces.stream import iter_frame_faces, reserve_core_for_io
+from abaw_cli.faces.stream import iter_frame_faces
 from abaw_cli.faces.tracker import box_iou
 from abaw_cli.faces.video import open_source
 from abaw_cli.faces.crop import crop_faces, process_source
@@ -165,7 +165,7 @@ def test_interrupted_source_leaves_nothing_and_is_redone(tmp_path, inputs):
         if seen[0] == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), reserve_core_for_io(detector.device):
+    with pytest.raises(KeyboardInterrupt):
         process_source(source, open_source(source), detector, settings, folder, writer, on_frame=stop_after_three)
     writer.close()
     assert (folder.partial_dir / "talk").exists()  # crops so far only in the partial folder

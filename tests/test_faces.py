@@ -12,17 +12,17 @@ from skimage import data
 from abaw_cli.faces.align import align_face, template_points, transform_points
 from abaw_cli.faces.detector import Detections, FaceDetector
 from abaw_cli.faces.sources import expand_inputs
-from abaw_cli.faces.stream import iter_frame_faces, reserve_core_for_io
+from abaw_cli.faces.stream import iter_frame_faces
 from abaw_cli.faces.tracker import FaceTracker
 from abaw_cli.faces.video import ImageSequenceReader, SourceError, VideoReader, open_source
+from abaw_cli.runtime import cpu_threads
 
 
 @pytest.fixture(scope="module")
 def detector():
-    # As crop-faces runs it: torch leaves a core to the decode/writer threads (and on a busy
-    # 2-core machine one torch thread does not stall in OpenMP barriers).
+    # As crop-faces runs it: torch on every core of the process (runtime.cpu_threads).
     det = FaceDetector(device="cpu", min_face=20, batch=4)
-    with reserve_core_for_io(det.device):
+    with cpu_threads(det.device):
         yield det
 
 

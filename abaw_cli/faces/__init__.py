@@ -7,7 +7,6 @@
     tracker.FaceTracker().update(dets)  -> stable track ids
     follow.LandmarkFollower             -> optical-flow following between detections (detect_every)
     stream.iter_frame_faces(...)        -> the streaming core: FrameFaces with aligned Face crops
-    stream.reserve_core_for_io(device)  -> on a CPU, leave one core to decoding/writing threads
     manifest                            -> the faces.csv table (columns, rows, atomic writing)
 
 Each module's docstring gives its contract; nothing here imports torch until a detector is built.

@@ -16,10 +16,10 @@ from abaw_cli.faces.detector import FaceDetector, default_batch
 from abaw_cli.faces.manifest import crop_folder, crop_relpath, face_row
 from abaw_cli.faces.output import CropFacesError, CropSettings, CropWriter, OutputFolder, SourceResult
 from abaw_cli.faces.sources import Skipped, Source, approximate_bytes, expand_inputs
-from abaw_cli.faces.stream import FACES_MODES, decoder_threads_for, iter_frame_faces, reserve_core_for_io
+from abaw_cli.faces.stream import FACES_MODES, decoder_threads_for, iter_frame_faces
 from abaw_cli.faces.video import ImageSequenceReader, SourceError, VideoReader, open_source
 from abaw_cli.progress import make_progress
-from abaw_cli.runtime import resolve_device
+from abaw_cli.runtime import cpu_threads, resolve_device
 from abaw_cli.train import distributed as D
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _crop_faces(
         try:
             reader = open_source(source, fps=settings.fps, queue_size=queue_size, decoder_threads=decoder_threads_for(torch_device))
             if detector is None:
-                detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch)
+                detector = FaceDetector(device=torch_device, min_face=settings.min_face, batch=batch, share_cores=True)
                 log.info("detecting with %s", detector)
             task = progress.add_task(source.name, total=reader.expected_frames)
             result = process_source(source, reader, detector, settings, out, writer, on_frame=lambda n: progress.advance(task, n))
@@ -194,7 +194,7 @@ def _crop_faces(
         return result
 
     try:
-        with progress, reserve_core_for_io(torch_device):
+        with progress, cpu_threads(torch_device):
             overall = progress.add_task("all sources", total=owned)
             try:
                 done = D.run_shared(weights, crop_one)

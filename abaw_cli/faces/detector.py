@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from abaw_cli.runtime import resolve_device
+from abaw_cli.runtime import FreeCoreThreads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,10 @@ class FaceDetector:
 
     min_face: faces whose box is smaller than this (shorter side, pixels) are neither searched for
     (it sets MTCNN's image pyramid) nor returned. batch: how many frames callers should hand to one
-    `detect` call (the streaming code reads it); `detect` itself takes any number.
+    `detect` call (the streaming code reads it); `detect` itself takes any number. share_cores:
+    on a CPU, before each `detect` set torch's thread count to the cores other processes leave
+    free (runtime.FreeCoreThreads; what crop-faces and predict do), so that a busy neighbour
+    cannot stall MTCNN's parallel sections; off, `detect` leaves the thread count alone.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class FaceDetector:
         min_face: int = 20,
         batch: int | None = None,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        share_cores: bool = False,
     ) -> None:
         from facenet_pytorch import MTCNN  # imported here: it pulls in torchvision, slow to load
 
@@ -102,6 +106,7 @@ class FaceDetector:
         if self.batch < 1:
             raise ValueError(f"--batch must be positive (got {batch})")
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.threads = FreeCoreThreads() if share_cores and self.device.type == "cpu" else None
         self._mtcnn = MTCNN(
             min_face_size=self.min_face,
             thresholds=list(self.thresholds),
@@ -117,6 +122,8 @@ class FaceDetector:
         """Faces in each frame (HxWx3 uint8 RGB), one Detections per frame, in input order, in
         that frame's pixels. `max_side`: search frames larger than this on a scaled-down copy
         (the module docstring; photos)."""
+        if self.threads is not None:
+            self.threads.update()
         results: list[Detections | None] = [None] * len(frames)
         by_size: dict[tuple[tuple[int, ...], tuple[float, float]], list[int]] = defaultdict(list)
         searched: dict[int, np.ndarray] = {}

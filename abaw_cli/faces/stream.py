@@ -22,19 +22,21 @@ calling thread runs MTCNN on up to `batch` frames (torch releases the GIL; a bat
 decoded, so the detector never waits for a full one), then aligns (tens of microseconds per face)
 and tracks. Slow consumer work (JPEG writing, model inference on the crops) should be handed to
 another thread or batched, as crop-faces does, so that detection stays the only thing the main
-thread waits on. On a CPU, wrap the loop in `reserve_core_for_io(detector.device)`: torch then
-leaves one core to decoding and writing (its parallel sections stall when one of their threads
-shares a core), and a reader opened here decodes with one thread for the same reason.
+thread waits on. On a CPU, do as crop-faces and predict do: wrap the loop in
+`runtime.cpu_threads(detector.device)`, so that torch runs on every core of this process (divided
+among local torchrun ranks), and build the detector with share_cores=True, so that it gives back
+the cores other processes keep busy (runtime.FreeCoreThreads). A reader opened here decodes with
+one thread: decoding and writing need a few percent of a core, so no core is kept for them (issue
+18: a reserved core idled half of a 2-core machine).
 
-    with reserve_core_for_io(detector.device):
-        for ff in iter_frame_faces(...): ...
+    detector = FaceDetector(device="cpu", share_cores=True)
+    with cpu_threads(detector.device):
+        for ff in iter_frame_faces(source, detector): ...
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -74,24 +76,11 @@ class FrameFaces:
     image: np.ndarray | None = None  # the whole RGB frame
 
 
-@contextlib.contextmanager
-def reserve_core_for_io(device: torch.device):
-    """On a CPU device, run torch on all cores but one inside the block (restored afterwards)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(before, cores - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def decoder_threads_for(device: torch.device) -> int:
-    """Video decoder threads next to a detector on `device`: 1 on a CPU (the cores belong to the
-    detector), the decoder's own choice (0) next to a GPU, where decoding can be the slower side."""
+    """Video decoder threads next to a detector on `device`: 1 on a CPU, where one thread decodes
+    640x360 about 40x faster than MTCNN on 2 cores and FFmpeg's own choice (a thread a core) would
+    take cores from torch's parallel sections; the decoder's own choice (0) next to a GPU, where
+    decoding can be the slower side."""
     return 1 if device.type == "cpu" else 0
 
 

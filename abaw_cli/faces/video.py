@@ -144,8 +144,8 @@ class VideoReader(_BackgroundReader):
         self.path = Path(path)
         if fps is not None and not (fps > 0 and math.isfinite(fps)):
             raise ValueError(f"--fps must be a positive number (got {fps})")
-        # decoder_threads: 0 = the decoder's own choice (all cores); 1 leaves the other cores to
-        # a CPU detector, whose parallel sections stall when one of their threads loses its core.
+        # decoder_threads: 0 = the decoder's own choice (a thread a core); 1 leaves the cores to a
+        # CPU detector, whose parallel sections stall when one of their threads loses its core.
         params = [cv2.CAP_PROP_N_THREADS, int(decoder_threads)] if decoder_threads > 0 else []
         self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY, params)
         if not self._cap.isOpened():

@@ -113,7 +113,7 @@ def predict_source(
     """Predict every frame of one video (or image sequence) and write its outputs."""
     space = predictor.space
     summary = SourceSummary(source.name)
-    # One decoder thread next to a CPU detector (faces.stream.decoder_threads_for): the cores are its.
+    # One decoder thread next to a CPU detector (faces.stream.decoder_threads_for): the cores are torch's.
     reader = open_source(source, queue_size=max(2 * detector.batch, 16), decoder_threads=decoder_threads_for(detector.device))
     is_video = source.kind == "video"
     fps = reader.native_fps or FALLBACK_FPS

@@ -35,7 +35,7 @@ from abaw_cli.predict.plan import PlanError, SetJob, SourceJob, expand_jobs, pla
 from abaw_cli.predict.submission import SetSummary, check_task, predict_image_set
 from abaw_cli.predict.tables import TableFormatError
 from abaw_cli.progress import make_progress
-from abaw_cli.runtime import resolve_device
+from abaw_cli.runtime import cpu_threads, resolve_device
 from abaw_cli.train import distributed as D
 from abaw_cli.train.checkpoint import CheckpointError
 
@@ -136,7 +136,8 @@ def run_predict(req: PredictRequest) -> PredictReport:
         warning = demo_model_warning(predictor.dataset, predictor.space.kind, choice.path, (_job_path(j) for j in planned))
         if warning:
             report.warnings.append(warning)
-        results = _run_jobs(req, planned, predictor, device, show_progress=req.show_progress and report.rank == 0)
+        with cpu_threads(device):  # on a CPU: every core of this rank (runtime.cores_per_rank)
+            results = _run_jobs(req, planned, predictor, device, show_progress=req.show_progress and report.rank == 0)
     finally:
         if created:
             D.cleanup_distributed()
@@ -184,7 +185,7 @@ def _run_jobs(req: PredictRequest, planned: list[SetJob | SourceJob], predictor:
             if isinstance(job, SetJob):
                 return predict_image_set(job.image_set, predictor, job.out, set_batch, req.workers, progress)
             if detector is None:  # built by the first rank-owned source: a rank with lists only needs none
-                detector = FaceDetector(device=device, min_face=req.min_face)
+                detector = FaceDetector(device=device, min_face=req.min_face, share_cores=True)
             # Photos are unrelated stills: following faces between them would be meaningless.
             detect_every = req.detect_every if job.source.kind == "video" else 1
             options = VideoOptions(req.faces, detect_every, req.smooth_s, video_batch, req.overlay_label)

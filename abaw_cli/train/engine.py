@@ -39,7 +39,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from abc import ABC, abstractmethod
@@ -62,7 +61,7 @@ from abaw_cli.config import dump_config, to_dict
 from abaw_cli.image_files import UnreadableImageError, check_images, show_paths
 from abaw_cli.plots import save_curves
 from abaw_cli.progress import make_progress
-from abaw_cli.runtime import autocast, resolve_device, seed_everything
+from abaw_cli.runtime import autocast, cores_per_rank, cpu_threads, resolve_device, seed_everything
 from abaw_cli.train import distributed as D
 from abaw_cli.train.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 
@@ -104,9 +103,7 @@ def cpu_training_threads(num_workers: int) -> int:
     """Intra-op threads for CPU training: the cores left after the data-loader workers and the other
     local ranks. Oversubscribed OpenMP threads spin-wait on each other: measured here on 2 cores,
     MAE cpu-small trained at 6-7 img/s with 2 threads beside 2 loader workers, 66-84 img/s with 1."""
-    cores = os.cpu_count() or 1
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, cores // local_ranks - num_workers)
+    return max(1, cores_per_rank() - num_workers)
 
 
 class EngineError(RuntimeError):
@@ -444,13 +441,10 @@ class Engine:
     def fit(self) -> FitResult:
         device = resolve_device(self.cfg.device)
         created = D.init_distributed(device)
-        threads_before = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(cpu_training_threads(self.cfg.num_workers))
         try:
-            return self._run(device)
+            with cpu_threads(device, cpu_training_threads(self.cfg.num_workers)):
+                return self._run(device)
         finally:
-            torch.set_num_threads(threads_before)
             if created:
                 D.cleanup_distributed()
 
