@@ -149,8 +149,14 @@ def run_arm(arm: str, seed: int, data: Path, encoder: Path, work: Path, args, fr
     return row
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+def _init_worker(core_sets) -> None:
+    """Pin this worker to its own cores: the engine takes its thread count from the affinity set
+    (runtime.cores_per_rank), so each job trains on its share instead of every job spinning on all
+    of them."""
+    cores = core_sets.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
@@ -162,9 +168,14 @@ def run_all(arms: list[str], seeds: list[int], data: Path, encoder: Path | None,
         label_subset(data, fraction, work)  # made once, before any worker needs it
     if args.jobs <= 1:
         return [run_arm(arm, seed, data, encoder, work, args, fraction) for arm, seed, fraction in plan]
-    threads = max(1, args.threads // args.jobs)
+    context = multiprocessing.get_context("spawn")
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    available = available[: max(args.jobs, args.threads)]
+    core_sets = context.Queue()
+    for job in range(args.jobs):
+        core_sets.put(set(available[job::args.jobs]) or {available[job % len(available)]})
     with concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        args.jobs, mp_context=context, initializer=_init_worker, initargs=(core_sets,)
     ) as pool:
         futures = [pool.submit(run_arm, arm, seed, data, encoder, work, args, fraction) for arm, seed, fraction in plan]
         return [f.result() for f in futures]
