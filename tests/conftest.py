@@ -75,6 +75,6 @@ def lsd_expression_model(demo_small_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lsd-expressions")
     result = cotrain(out, "cpu-small", overrides={
         "data.root": str(demo_small_root / "lsd"), "init": "none", "optim.seed": 0,
-        "model.num_views": 1, "model.mask_ratio": 0.0, "model.depth": 2,
+        "model.num_views": 1, "model.mask_ratio": 0.0, "model.depth": 2, "optim.epochs": 8,
     })
     return result.best_checkpoint
