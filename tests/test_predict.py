@@ -460,3 +460,23 @@ def test_output_paths_follow_one_rule_for_files_and_folders(tmp_path, demo_root)
     ):
         with pytest.raises(PlanError):
             bad()
+
+
+def test_a_list_with_missing_images_is_refused_before_any_model_runs(tmp_path: Path):
+    """load_image_set names how many listed images are missing and the first line of one; a
+    missing image folder points at --images."""
+    from abaw_cli.data.formats import FormatError
+    from abaw_cli.predict.lists import load_image_set
+
+    images = tmp_path / "test_set_images"
+    images.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        (images / name).write_bytes(b"")
+    release = tmp_path / "LSD_Challenge_test_set_release.txt"
+    release.write_text("image,expression\na.jpg,\nb.jpg,\nc.jpg,\n")
+    with pytest.raises(FormatError) as err:
+        load_image_set(release)
+    assert "1 of 3 listed images are missing" in str(err.value) and "b.jpg" in str(err.value)
+    assert err.value.line == 3  # b.jpg is on the file's third line
+    with pytest.raises(FormatError, match="give it with --images"):
+        load_image_set(release, tmp_path / "nowhere")

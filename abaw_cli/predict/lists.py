@@ -22,6 +22,7 @@ from typing import Literal
 from abaw_cli import labels
 from abaw_cli.data.formats import (
     FormatError,
+    check_listed_images,
     list_image_root,
     read_mtl_annotations,
     read_test_list,
@@ -79,19 +80,6 @@ def is_image_set(path: str | os.PathLike) -> bool:
     return list_task(path) is not None or is_lsd_tree(path)
 
 
-def _check_exist(origin: Path, keys: list[str], root: Path, first_line: int) -> None:
-    """Refuse early when listed images are missing: how many, and the first few with their lines."""
-    if not root.is_dir():
-        raise FormatError(origin, None, f"image folder {root} does not exist (give it with --images)")
-    missing = [(i, k) for i, k in enumerate(keys) if not (root / k).is_file()]
-    if missing:
-        shown = ", ".join(k for _, k in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise FormatError(
-            origin, missing[0][0] + first_line,
-            f"{len(missing)} of {len(keys)} listed images are missing under {root}: {shown}",
-        )
-
-
 def load_image_set(path: str | os.PathLike, images_root: str | os.PathLike | None = None) -> ImageSet:
     """Read an ABAW list or LSD tree into an ImageSet, checking that every image is on disk."""
     path = Path(path)
@@ -112,6 +100,7 @@ def load_image_set(path: str | os.PathLike, images_root: str | os.PathLike | Non
         keys = read_test_list(path)
     # Without --images: `cropped_aligned` (s-Aff-Wild2) or `test_set_images` (LSD) beside the list.
     root = list_image_root(path, images_root)
-    # read_test_list skips the header line: file line of keys[i] is i + 2.
-    _check_exist(path, list(keys), root, first_line=2)
+    if not root.is_dir():
+        raise FormatError(path, None, f"image folder {root} does not exist (give it with --images)")
+    check_listed_images(path, list(keys), root)  # one listing per folder, not a stat per image
     return ImageSet(path.stem, task, path, tuple(keys), root)
