@@ -48,7 +48,9 @@ from rich.table import Table
 
 from abaw_cli.atomic import atomic_write_text
 from abaw_cli.data.demo import generate_demo
+from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.train.cotrain import cotrain
+from pinned_pool import run_pinned
 
 console = Console()
 
@@ -68,7 +70,10 @@ console = Console()
 # "cpu+mae" changes one thing: both views start from a cpu-small MAE encoder pretrained here on
 # the pool (the paper's initialisation). "paper-lambda" is "cpu+mae" with the paper's lambda 100.
 PSEUDO = {"loss.pseudo_threshold": 0.3, "loss.pseudo_start_epoch": 4}
+# "preset" is the cotrain preset exactly as `make pipeline` runs it (pass the pipeline's encoder
+# with --init): the README's table.
 PROFILES: dict[str, dict] = {
+    "preset": {"init": "none", "overrides": {}},
     "cpu": {"init": "none", "overrides": dict(PSEUDO)},
     "cpu+mae": {"init": "mae", "overrides": dict(PSEUDO)},
     "paper-lambda": {"init": "mae", "overrides": {**PSEUDO, "loss.lambda_js": 100.0}},
@@ -106,13 +111,41 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def run_system(system: str, seed: int, base: dict, unlabeled: Path | None, work: Path, preset: str) -> dict:
+    """One `abaw cotrain` run of `system`; its last-epoch and best-epoch numbers."""
+    switches = dict(SYSTEMS[system])
+    overrides = {**base, "optim.seed": seed}
+    if switches.pop("unlabeled", False):
+        overrides["data.unlabeled"] = str(unlabeled)
+    overrides.update(switches)
+    out = work / "runs" / f"{system}_seed{seed}"
+    t0 = time.perf_counter()
+    result = cotrain(out, preset, overrides=overrides)
+    seconds = time.perf_counter() - t0
+    epochs = [h for h in result.history if "val_f1" in h]
+    last, best = epochs[-1], result.best
+    row = {
+        "seed": seed, "seconds": round(seconds, 1), "epochs": len(epochs),
+        "last_f1": last["val_f1"], "best_f1": best["value"], "best_epoch": best["epoch"],
+        "last_f1_views": [last[k] for k in ("val_f1_view1", "val_f1_view2") if k in last],
+        "last_f1_classes": {c: last[f"val_f1_{c}"] for c in LSD_CLASSES if f"val_f1_{c}" in last},
+        "last_accuracy": last["val_accuracy"],
+    }
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rates = [r["pseudo_rate"] for r in steps if r.get("type") == "step" and r.get("epoch") == last["epoch"] and "pseudo_rate" in r]
+    if rates:
+        row["pseudo_rate_last_epoch"] = statistics.fmean(rates)
+    console.log(f"{system:8s} seed {seed}: last F1 {row['last_f1']:.3f}  best {row['best_f1']:.3f}  ({seconds:.0f} s)")
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=None, help="folder for demo data and runs (default: a temporary folder)")
     ap.add_argument("--scale", default="small", help="demo scale (tiny|small|medium)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
-    ap.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    ap.add_argument("--profile", choices=list(PROFILES), default="preset")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--init", default=None, help="encoder.pt for both views, none, or mae (pretrain one on the demo pool first); default: the profile's")
@@ -120,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pseudo-threshold", type=float, default=None)
     ap.add_argument("--unlabeled-source", choices=("test-set", "pool", "second-demo"), default="test-set")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides, e.g. model.depth=6")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, each pinned to its own cores (pinned_pool)")
     ap.add_argument("--device", default="cpu", help="cpu (the reference) or cuda")
     ap.add_argument("--workers", type=int, default=None, help="data-loading workers (default: the preset's)")
     ap.add_argument("--json", type=Path, default=None)
@@ -159,39 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     base = {"data.root": str(demo / "lsd"), "init": init, "optim.device": args.device,
             "model.mask_ratio": args.mask_ratio, "loss.pseudo_threshold": args.pseudo_threshold, **extra}
 
-    results: dict[str, list[dict]] = {s: [] for s in args.systems}
     t_all = time.perf_counter()
-    for seed in args.seeds:
-        for system in args.systems:
-            switches = dict(SYSTEMS[system])
-            overrides = {**base, "optim.seed": seed}
-            if switches.pop("unlabeled", False):
-                overrides["data.unlabeled"] = str(unlabeled)
-            overrides.update(switches)
-            out = work / "runs" / f"{system}_seed{seed}"
-            t0 = time.perf_counter()
-            result = cotrain(out, args.preset, overrides=overrides)
-            seconds = time.perf_counter() - t0
-            epochs = [h for h in result.history if "val_f1" in h]
-            last, best = epochs[-1], result.best
-            row = {
-                "seed": seed, "seconds": round(seconds, 1), "epochs": len(epochs),
-                "last_f1": last["val_f1"], "best_f1": best["value"], "best_epoch": best["epoch"],
-                "last_f1_views": [last[k] for k in ("val_f1_view1", "val_f1_view2") if k in last],
-                "last_accuracy": last["val_accuracy"],
-            }
-            steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-            rates = [r["pseudo_rate"] for r in steps if r.get("type") == "step" and "pseudo_rate" in r]
-            if rates:
-                row["pseudo_rate_last_epoch"] = statistics.fmean(r["pseudo_rate"] for r in steps if r.get("type") == "step" and r.get("epoch") == last["epoch"] and "pseudo_rate" in r)
-            results[system].append(row)
-            if args.json:  # partial results survive an interrupted bench
-                atomic_write_text(args.json.with_suffix(".partial.json"), json.dumps(results, indent=1))
-            console.log(f"{system:8s} seed {seed}: last F1 {row['last_f1']:.3f}  best {row['best_f1']:.3f}  ({seconds:.0f} s)")
+    plan = [(system, seed) for seed in args.seeds for system in args.systems]
+    calls = [(system, seed, base, unlabeled, work, args.preset) for system, seed in plan]
+    rows = run_pinned(run_system, calls, args.jobs, args.threads * max(args.jobs, 1))
+    results: dict[str, list[dict]] = {s: [row for (system, _), row in zip(plan, rows) if system == s] for s in args.systems}
 
     summary = {}
     table = Table(title=f"Masked CoTEX ablation, demo LSD {args.scale} (synthetic -> real style), {len(args.seeds)} seed(s), preset {args.preset}")
-    for col in ("system", "macro-F1 last epoch", "view 1 / view 2 (last)", "macro-F1 best epoch", "pseudo-labelled (last ep.)", "s/run"):
+    for col in ("system", "macro-F1 last epoch", "view 1 / view 2 (last)", "lowest class (last)", "macro-F1 best epoch",
+                "pseudo-labelled (last ep.)", "s/run"):
         table.add_column(col)
     for system, rows in results.items():
         last_m, last_s = mean_std([r["last_f1"] for r in rows])
@@ -201,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                            "last_f1_views_mean": [m for m, _ in views], "seconds_mean": statistics.fmean(r["seconds"] for r in rows), "runs": rows}
         rates = [r["pseudo_rate_last_epoch"] for r in rows if "pseudo_rate_last_epoch" in r]
         summary[system]["pseudo_rate_last_epoch_mean"] = statistics.fmean(rates) if rates else None
+        classes = {c: statistics.fmean(r["last_f1_classes"][c] for r in rows) for c in rows[0]["last_f1_classes"]}
+        summary[system]["last_f1_classes_mean"] = classes
+        lowest = min(classes, key=classes.get) if classes else None
         table.add_row(system, f"{last_m:.3f} ± {last_s:.3f}", " / ".join(f"{m:.3f}" for m, _ in views),
+                      f"{lowest} {classes[lowest]:.3f}" if lowest else "-",
                       f"{best_m:.3f} ± {best_s:.3f}", f"{statistics.fmean(rates):.1%}" if rates else "-",
                       f"{summary[system]['seconds_mean']:.0f}")
     console.print(table)

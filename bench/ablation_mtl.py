@@ -25,10 +25,8 @@ engine's log, and the model's own forward+backward+step rate on data already on 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -51,6 +49,7 @@ from abaw_cli.data.demo import generate_demo  # noqa: E402
 from abaw_cli.data.formats import MTLAnnotations, read_mtl_annotations, write_mtl_annotations  # noqa: E402
 from abaw_cli.train.mae import pretrain_mae  # noqa: E402
 from abaw_cli.train.mtl import TrainMTLConfig, train_mtl  # noqa: E402
+from pinned_pool import run_pinned  # noqa: E402
 
 console = Console()
 ARMS = {
@@ -149,36 +148,14 @@ def run_arm(arm: str, seed: int, data: Path, encoder: Path, work: Path, args, fr
     return row
 
 
-def _init_worker(core_sets) -> None:
-    """Pin this worker to its own cores: the engine takes its thread count from the affinity set
-    (runtime.cores_per_rank), so each job trains on its share instead of every job spinning on all
-    of them."""
-    cores = core_sets.get()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    torch.set_num_threads(len(cores))
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-
-
 def run_all(arms: list[str], seeds: list[int], data: Path, encoder: Path | None, work: Path, args) -> list[dict]:
-    """Every (labels, arm, seed) run; with --jobs > 1 in that many processes, the cores split between
-    them (small models use two single-threaded processes better than one two-threaded one)."""
+    """Every (labels, arm, seed) run; with --jobs > 1 in that many processes pinned to their share
+    of the cores (pinned_pool.run_pinned)."""
     plan = [(arm, seed, fraction) for fraction in args.labels for seed in seeds for arm in arms]
     for fraction in args.labels:
         label_subset(data, fraction, work)  # made once, before any worker needs it
-    if args.jobs <= 1:
-        return [run_arm(arm, seed, data, encoder, work, args, fraction) for arm, seed, fraction in plan]
-    context = multiprocessing.get_context("spawn")
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    available = available[: max(args.jobs, args.threads)]
-    core_sets = context.Queue()
-    for job in range(args.jobs):
-        core_sets.put(set(available[job::args.jobs]) or {available[job % len(available)]})
-    with concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=context, initializer=_init_worker, initargs=(core_sets,)
-    ) as pool:
-        futures = [pool.submit(run_arm, arm, seed, data, encoder, work, args, fraction) for arm, seed, fraction in plan]
-        return [f.result() for f in futures]
+    calls = [(arm, seed, data, encoder, work, args, fraction) for arm, seed, fraction in plan]
+    return run_pinned(run_arm, calls, args.jobs, args.threads)
 
 
 def summarise(rows: list[dict], arms: list[str]) -> dict:

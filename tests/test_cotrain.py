@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from abaw_cli.cli import app
 from abaw_cli.data.demo import SCALES
 from abaw_cli.data.formats import read_test_list
-from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights
+from abaw_cli.data.lsd import balanced_class_weights, balanced_sample_weights, train_transform
 from abaw_cli.data.manifest import DatasetError
 from abaw_cli.labels import LSD_CLASSES
 from abaw_cli.models.registry import load_model
@@ -183,6 +183,24 @@ def test_batch_scaling_explicit_batch_and_resume(tmp_path):
     dump_config(resolve_config("test-tiny", tmp_path, False, {}), tmp_path / "config.yaml")
     resumed = resolve_config("test-tiny", tmp_path, True, {"optim.epochs": 5})
     assert resumed.optim.batch_size == 16 and resumed.optim.epochs == 5  # scaled once, not twice
+
+
+def test_style_augmentation_is_off_in_the_paper_recipe_and_changes_only_the_look(tmp_path):
+    assert not resolve_config("paper", tmp_path, False, {"init": "none"}).data.style_augment
+    assert resolve_config("cpu-small", tmp_path, False, {"init": "none"}).data.style_augment
+    face = torch.zeros(3, 114, 114, dtype=torch.uint8)  # 112 x 228/224: the resize keeps it
+    face[:, 30:90, 40:80] = torch.tensor([200, 150, 120], dtype=torch.uint8)[:, None, None]
+    torch.manual_seed(0)
+    plain = torch.stack([train_transform(112)(face) for _ in range(8)])
+    torch.manual_seed(0)
+    styled = torch.stack([train_transform(112, style_augment=True)(face) for _ in range(8)])
+    for out in (plain, styled):
+        assert out.shape == (8, 3, 112, 112) and out.dtype == torch.float32
+        assert 0.0 <= out.min() and out.max() <= 1.0
+    assert set((plain * 255).round().unique().tolist()) <= {0.0, 200.0, 150.0, 120.0}  # geometry only: no new values
+    assert len(styled.unique()) > 50  # colour, blur, JPEG and grain make new ones
+    # The face stays where it was: the style transforms move no pixel.
+    assert ((plain.mean(1) > 0.1) == (styled.mean(1) > 0.1)).float().mean() > 0.9
 
 
 def test_class_balance_weights_and_sampler():

@@ -5,7 +5,9 @@ Every item is a float32 RGB tensor in [0, 1] of shape (3, S, S), S = the model's
 model normalises inside itself (see CONTRACTS: a checkpoint alone says how to preprocess).
 
 Augmentation follows Masked CoTEX: resize to 228/224 of the input size (228 for 224, 114 for 112),
-random crop to the input size, horizontal flip; validation: a plain resize to (S, S).
+random crop to the input size, horizontal flip; validation: a plain resize to (S, S). The
+`style_augment` switch adds colour, blur, JPEG and noise (style_transforms): off in the paper's
+recipe, on in cpu-small.
 
 Class imbalance (the real synthetic set is ~53% SADNESS and ~4% FEAR) is handled one of three ways,
 chosen by `balance`:
@@ -36,14 +38,28 @@ BALANCE_CHOICES = ("sampler", "weights", "none")
 TRAIN_RESIZE_RATIO = 228 / 224
 
 
-def train_transform(input_size: int) -> v2.Transform:
-    """Resize to 228/224 of the input size, random crop to the input size, horizontal flip."""
-    return v2.Compose([
-        v2.Resize(round(input_size * TRAIN_RESIZE_RATIO), antialias=True),
-        v2.RandomCrop(input_size),
-        v2.RandomHorizontalFlip(0.5),
+def train_transform(input_size: int, style_augment: bool = False) -> v2.Transform:
+    """Resize to 228/224 of the input size, random crop to the input size, horizontal flip; with
+    `style_augment`, also the camera's side of the synthetic-to-real gap (style_transforms)."""
+    geometry = [v2.Resize(round(input_size * TRAIN_RESIZE_RATIO), antialias=True),
+                v2.RandomCrop(input_size), v2.RandomHorizontalFlip(0.5)]
+    if not style_augment:
+        return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([*geometry, *style_transforms()])
+
+
+def style_transforms() -> list[v2.Transform]:
+    """What a camera does to a face that a clean synthetic render lacks, each drawn per image:
+    colour cast, contrast and exposure, grey frames, defocus, JPEG blocking and sensor grain.
+    Input uint8 (3, S, S); output float32 in [0, 1]."""
+    return [
+        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
+        v2.RandomGrayscale(p=0.1),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.5),
+        v2.RandomApply([v2.JPEG((30, 90))], p=0.5),
         v2.ToDtype(torch.float32, scale=True),
-    ])
+        v2.RandomApply([v2.GaussianNoise(sigma=0.02, clip=True)], p=0.5),
+    ]
 
 
 def eval_transform(input_size: int) -> v2.Transform:

@@ -117,6 +117,7 @@ class CotrainDataConfig:
     manifest: str = "auto"  # data_manifests name; auto = demo-lsd for demo data, else abaw4-lsd
     unlabeled: str | None = None  # real face crops for co-training (folder, image list, LSD test release), or None
     scale_batch_by_mask: bool = True  # batch = optim.batch_size / (1 - mask_ratio) (the paper)
+    style_augment: bool = False  # colour, blur, JPEG and noise on training faces (data.lsd.style_transforms)
     eval_batch_size: int = 256
 
 
@@ -265,10 +266,10 @@ class CotrainTask(Task):
 
     # ---- data
     def train_dataset(self) -> Dataset:
-        size = self.cfg.model.input_size
-        labelled = LabelledFaces(self.train.paths, self.train.labels, train_transform(size))
+        transform = train_transform(self.cfg.model.input_size, self.cfg.data.style_augment)
+        labelled = LabelledFaces(self.train.paths, self.train.labels, transform)
         if self.unlabeled:
-            return LabelledWithUnlabeled(labelled, UnlabeledFaces(self.unlabeled, train_transform(size)))
+            return LabelledWithUnlabeled(labelled, UnlabeledFaces(self.unlabeled, transform))
         return labelled
 
     def image_paths(self) -> list[Path]:
