@@ -26,9 +26,12 @@ the validation set) and at the best epoch (what best.pt keeps; optimistic, it is
 same folders), mean +- std over seeds, plus wall time per run. A table on the terminal and JSON
 (stdout and --json).
 
-    python bench/ablation_cotrain.py                           # small demo, 3 seeds, "cpu" recipe
-    python bench/ablation_cotrain.py --seeds 0 --epochs 2      # a quick look
-    python bench/ablation_cotrain.py --profile cpu+mae                # both views from a demo MAE encoder
+    python bench/ablation_cotrain.py --init runs/pipeline/pretrain-mae/encoder.pt   # the README's table
+    python bench/ablation_cotrain.py --seeds 0 --epochs 2      # a quick look (random init)
+    python bench/ablation_cotrain.py --profile cpu+mae         # both views from an MAE encoder pretrained here
+
+Runs go --jobs at a time (default 2), each single-threaded and pinned to its own core.
+The default profile, "preset", is the cotrain preset as `make pipeline` runs it.
 """
 
 from __future__ import annotations
