@@ -56,7 +56,7 @@ clean-venv:
 # The whole method, end to end, chained through files. Each stage is a target whose output file
 # is the next stage's prerequisite: a second `make pipeline` redoes nothing, and an interrupted
 # training stage resumes from its checkpoint-last.pt.
-#   make pipeline                                   demo data, preset cpu-small, CPU, ~27 min
+#   make pipeline                                   demo data, preset cpu-small, CPU, ~28 min
 #   make pipeline PRESET=paper DATA=/data/abaw MAE_DATA=/data/celeba NPROC=8
 # DATA holds mtl/ (s-Aff-Wild2: cropped_aligned/ + *_annotations.txt) and lsd/ (the LSD folders),
 # the same layout that `abaw demo-data` writes; MTL_DATA / LSD_DATA / VIDEOS override one part.
