@@ -138,6 +138,8 @@ def run_system(system: str, seed: int, base: dict, unlabeled: Path | None, work:
     rates = [r["pseudo_rate"] for r in steps if r.get("type") == "step" and r.get("epoch") == last["epoch"] and "pseudo_rate" in r]
     if rates:
         row["pseudo_rate_last_epoch"] = statistics.fmean(rates)
+    # The run's row beside its log: finished runs survive an interrupted bench.
+    atomic_write_text(out / "ablation_row.json", json.dumps(row, indent=1))
     console.log(f"{system:8s} seed {seed}: last F1 {row['last_f1']:.3f}  best {row['best_f1']:.3f}  ({seconds:.0f} s)")
     return row
 

@@ -36,7 +36,8 @@ def run_pinned(fn: Callable[..., Any], calls: Sequence[tuple], jobs: int, thread
         return [fn(*call) for call in calls]
     context = multiprocessing.get_context("spawn")
     available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    available = available[: max(jobs, threads or 0)] if threads else available
+    if threads:
+        available = available[: max(jobs, threads)]
     core_sets = context.Queue()
     for job in range(jobs):
         core_sets.put(set(available[job::jobs]) or {available[job % len(available)]})
