@@ -101,7 +101,7 @@ def ensure_demo(root: Path, scale: str, seed: int) -> Path:
     return root
 
 
-def pretrain_encoder(work: Path, demo: Path, device: str, workers: int | None, mae_overrides: dict, name: str) -> Path:
+def pretrain_encoder(work: Path, demo: Path, device: str, workers: int, mae_overrides: dict, name: str) -> Path:
     """One MAE encoder (cpu-small MAE preset + the profile's changes) on the demo pool, shared by
     every run of the ablation."""
     from abaw_cli.train.mae import pretrain_mae
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         mae_seconds = round(time.perf_counter() - t0, 1)
         console.log(f"MAE encoder on the demo pool -> {init} ({mae_seconds:.0f} s)")
     extra = dict(profile["overrides"])
-    if args.workers is not None:
-        extra["optim.num_workers"] = args.workers
+    extra["optim.num_workers"] = args.workers
     for item in args.set:
         key, _, value = item.partition("=")
         extra[key] = json.loads(value) if value not in ("", "none", "None") else None
