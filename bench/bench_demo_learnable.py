@@ -9,10 +9,14 @@ real models; this only asks whether the labels are in the pixels):
   (a random guess with the training priors, always-present AUs, a constant VA).
 - LSD: logistic regression trained on the synthetic style, scored on held-out synthetic images
   (in domain) and on the photo-style validation set (domain shift), with macro-F1.
+- Video crops (--video-crops, the folder `abaw crop-faces` wrote for the demo videos): the
+  expression model's per-frame agreement with each video's truth, beside its majority class: the
+  reference for what a model trained on the MTL split reads from the frames `abaw predict` sees.
 - Videos: facenet-pytorch MTCNN (its own thresholds) on every frame of every demo video: the share
   of frames where a detected box overlaps the truth box with IoU > 0.4 (and with p > 0.9 too).
 Everything printed is measured in this run.
 Usage: python bench/bench_demo_learnable.py [--data DEMO_ROOT] [--scale small] [--seed 0] [--no-mtcnn]
+       [--video-crops runs/pipeline/crop-faces]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 
 from abaw_cli.data.demo import generate_demo
 from abaw_cli.data.formats import read_mtl_annotations, scan_lsd_folders
-from abaw_cli.labels import AUS, NUM_EXPRESSIONS, NUM_LSD_CLASSES
+from abaw_cli.labels import AUS, EXPRESSIONS, NUM_EXPRESSIONS, NUM_LSD_CLASSES
 from abaw_cli.metrics import lsd_f1, mtl_scores
 
 console = Console()
@@ -94,7 +98,32 @@ def mtl_bench(root: Path, rng: np.random.Generator) -> dict:
     guess_va = mean_va + rng.normal(0, 0.05, (len(val), 2))
     chance = mtl_scores(guess_va, guess_expr, np.ones((len(val), len(AUS)), np.int64), val)
     return {"model": model, "chance": chance, "n_train": len(train), "n_val": len(val),
-            "feature_s": t_feat, "fit_s": t_fit}
+            "feature_s": t_feat, "fit_s": t_fit, "expr_model": expr_model}
+
+
+def video_crop_agreement(expr_model, crops: Path, videos: Path) -> list[dict]:
+    """Per demo video: the share of labelled frames whose crop (the most confident face of the
+    frame in crop-faces' table) the HOG expression model reads as the truth's expression."""
+    by_video: dict[str, dict[int, tuple[float, str]]] = {}
+    with open(crops / "faces.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            frames = by_video.setdefault(r["source"], {})
+            k, score = int(r["frame"]), float(r["score"])
+            if k not in frames or score > frames[k][0]:
+                frames[k] = (score, r["crop"])
+    out = []
+    for name, frames in sorted(by_video.items()):
+        with open(videos / f"{name}.csv", newline="") as fh:
+            truth = {int(r["frame"]): int(r["expression"]) for r in csv.DictReader(fh)}
+        keys = [k for k in sorted(frames) if truth.get(k, -1) >= 0]
+        pred = expr_model.predict(features([crops / frames[k][1] for k in keys]))
+        true = np.array([truth[k] for k in keys])
+        labelled = np.array([v for v in truth.values() if v >= 0])
+        major = np.bincount(labelled, minlength=NUM_EXPRESSIONS)
+        out.append({"video": name, "frames": len(labelled), "with_crop": len(keys),
+                    "agreement": float((pred == true).sum() / len(labelled)),
+                    "majority": float(major.max() / len(labelled)), "majority_class": EXPRESSIONS[int(major.argmax())]})
+    return out
 
 
 def lsd_bench(root: Path, seed: int) -> dict:
@@ -161,6 +190,7 @@ def main() -> None:
     ap.add_argument("--scale", default="small")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-mtcnn", action="store_true", help="skip the face-detection check on the videos")
+    ap.add_argument("--video-crops", type=Path, help="crop-faces output for --data's videos: score the expression model on them")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
@@ -173,6 +203,7 @@ def main() -> None:
         mtl = mtl_bench(root, rng)
         lsd = lsd_bench(root, args.seed)
         videos = [] if args.no_mtcnn else mtcnn_bench(root)
+        crops = [] if args.video_crops is None else video_crop_agreement(mtl["expr_model"], args.video_crops, root / "videos")
 
     t = Table(title=f"MTL validation ({mtl['n_val']} frames; trained on {mtl['n_train']}): HOG + linear models vs chance")
     for col in ("metric", "model", "chance", "ratio"):
@@ -203,6 +234,14 @@ def main() -> None:
                       f"{v['median_iou']:.2f}", f"{v['s_per_frame']:.2f}")
         n = sum(v["frames"] for v in videos)
         t.add_row("all", str(n), f"{sum(v['found'] for v in videos) / n:.1%}", f"{sum(v['found_p09'] for v in videos) / n:.1%}", "", "")
+        console.print(t)
+    if crops:
+        t = Table(title="HOG expression model on the crop-faces crops of the demo videos (a frame without a crop counts as wrong)")
+        for col in ("video", "labelled frames", "with a crop", "agreement", "majority class"):
+            t.add_column(col, justify="left" if col == "video" else "right")
+        for v in crops:
+            t.add_row(v["video"], str(v["frames"]), str(v["with_crop"]), f"{v['agreement']:.3f}",
+                      f"{v['majority']:.3f} ({v['majority_class']})")
         console.print(t)
 
 
