@@ -57,24 +57,14 @@ from pinned_pool import run_pinned
 
 console = Console()
 
-# Recipes. "cpu" (default) is what `make pipeline` runs on the demo: the cpu-small cotrain preset
-# (ViT width 192 x 4 blocks, 112 px, 16 px patches, 8 epochs, lr 5e-4, lambda_js 10) from random
-# weights. Measured here on seed 0 (pair macro-F1 on the real-style folders): with the paper's
-# lambda 100 two views stayed at chance from random weights (F1 0.04-0.13; CE stuck at log 6, JS
-# ~1e-5: the views agree on the uniform answer) and from a two-minute demo MAE encoder (0.17 best
-# of 10 epochs); lambda 10 learned (0.38). A 12-block ViT and a 64 px / 8 px-patch / width-128 ViT
-# did not leave chance within that budget either.
-# Co-training in this recipe: these weak from-scratch views are never 90% sure (threshold 0.9
-# selected 0% of the pool in all 8 epochs); at the end of training threshold 0.3 selects ~15% of
-# the pool (on the validation faces such a selection was 67% right against 40% overall), but
-# applied from the first step it selected ~95% and collapsed the model onto HAPPINESS (F1 0.06).
-# From epoch 4 (of 8) without a cap it still ran away onto one class (F1 0.04). So: threshold 0.3
-# from epoch 4, at most ceil(B/6) pseudo-labels per class and batch (the stage's default cap).
-# "cpu+mae" changes one thing: both views start from a cpu-small MAE encoder pretrained here on
-# the pool (the paper's initialisation). "paper-lambda" is "cpu+mae" with the paper's lambda 100.
+# Profiles. "preset" (the default) is the cotrain preset exactly as `make pipeline` runs it (pass
+# the pipeline's encoder with --init): the README's table. "cpu" is the same preset from random
+# weights, with pseudo-labels at threshold 0.3 from epoch 4: views trained from scratch are never
+# 90% sure, and at 0.3 from the first step pseudo-labelling collapsed the model onto one class
+# (docs/experiments.md, "Co-training: when pseudo-labels start"). "cpu+mae" changes one thing:
+# both views start from a cpu-small MAE encoder pretrained here on the pool (the paper's
+# initialisation). "paper-lambda" is "cpu+mae" with the paper's lambda 100.
 PSEUDO = {"loss.pseudo_threshold": 0.3, "loss.pseudo_start_epoch": 4}
-# "preset" is the cotrain preset exactly as `make pipeline` runs it (pass the pipeline's encoder
-# with --init): the README's table.
 PROFILES: dict[str, dict] = {
     "preset": {"init": "none", "overrides": {}},
     "cpu": {"init": "none", "overrides": dict(PSEUDO)},
