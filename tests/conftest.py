@@ -69,10 +69,9 @@ def lsd_expression_model(demo_small_root, tmp_path_factory) -> Path:
     """best.pt of a real cotrain run that learns expressions in about two minutes on 2 cores: the
     cotrain ablation's `single` system (one unmasked view) cut to 2 blocks of the cpu-small preset,
     16 epochs on the small demo's 1,500 synthetic LSD faces from random weights. Measured with seeds
-    0/1/2: real-style validation macro-F1 0.63/0.56/0.63 (chance 0.16). 16 epochs, not 8: at 8 the
-    run sits at the edge of learning (F1 0.26/0.39/0.50 on one host, 0.19 for seed 0 on another,
-    whose video agreement then fell to chance), and the test below must not hang on the CPU's
-    rounding."""
+    0/1/2: real-style validation macro-F1 0.63/0.56/0.63 (chance 0.16). 16 epochs, not 8: 8 sit at
+    the edge of learning, where a CPU's rounding decides whether seed 0 learns at all
+    (docs/experiments.md, eighth pass)."""
     from abaw_cli.train.cotrain import cotrain
 
     out = tmp_path_factory.mktemp("lsd-expressions")
