@@ -30,7 +30,10 @@ same folders), mean +- std over seeds, plus wall time per run. A table on the te
     python bench/ablation_cotrain.py --seeds 0 --epochs 2      # a quick look (random init)
     python bench/ablation_cotrain.py --profile cpu+mae         # both views from an MAE encoder pretrained here
 
-Runs go --jobs at a time (default 2), each single-threaded and pinned to its own core.
+Runs go --jobs at a time (default 2), each single-threaded and pinned to its own core. A second
+bench in the same --work reuses the runs the first finished with the same settings (so an
+interrupted bench goes on where it stopped) and refuses, before training anything, run folders
+that hold other settings or an unfinished run.
 The default profile, "preset", is the cotrain preset as `make pipeline` runs it.
 """
 
@@ -108,14 +111,37 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def run_system(system: str, seed: int, base: dict, unlabeled: Path | None, work: Path, preset: str) -> dict:
-    """One `abaw cotrain` run of `system`; its last-epoch and best-epoch numbers."""
+def run_overrides(system: str, seed: int, base: dict, unlabeled: Path | None) -> dict:
     switches = dict(SYSTEMS[system])
     overrides = {**base, "optim.seed": seed}
     if switches.pop("unlabeled", False):
         overrides["data.unlabeled"] = str(unlabeled)
     overrides.update(switches)
-    out = work / "runs" / f"{system}_seed{seed}"
+    return overrides
+
+
+def run_folder(work: Path, system: str, seed: int) -> Path:
+    return work / "runs" / f"{system}_seed{seed}"
+
+
+def finished_row(out: Path, preset: str, overrides: dict) -> dict | None:
+    """The row of a run that an earlier bench in the same --work finished with these settings."""
+    row_file = out / "ablation_row.json"
+    if not row_file.exists():
+        return None
+    row = json.loads(row_file.read_text())
+    return row if row.get("preset") == preset and row.get("overrides") == json.loads(json.dumps(overrides)) else None
+
+
+def run_system(system: str, seed: int, base: dict, unlabeled: Path | None, work: Path, preset: str) -> dict:
+    """One `abaw cotrain` run of `system`; its last-epoch and best-epoch numbers (those of an
+    earlier bench's finished run when it had the same settings)."""
+    overrides = run_overrides(system, seed, base, unlabeled)
+    out = run_folder(work, system, seed)
+    row = finished_row(out, preset, overrides)
+    if row is not None:
+        console.log(f"{system:8s} seed {seed}: last F1 {row['last_f1']:.3f}  best {row['best_f1']:.3f}  (reused {out})")
+        return row
     t0 = time.perf_counter()
     result = cotrain(out, preset, overrides=overrides)
     seconds = time.perf_counter() - t0
@@ -126,7 +152,7 @@ def run_system(system: str, seed: int, base: dict, unlabeled: Path | None, work:
         "last_f1": last["val_f1"], "best_f1": best["value"], "best_epoch": best["epoch"],
         "last_f1_views": [last[k] for k in ("val_f1_view1", "val_f1_view2") if k in last],
         "last_f1_classes": {c: last[f"val_f1_{c}"] for c in LSD_CLASSES if f"val_f1_{c}" in last},
-        "last_accuracy": last["val_accuracy"],
+        "last_accuracy": last["val_accuracy"], "preset": preset, "overrides": overrides,
     }
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rates = [r["pseudo_rate"] for r in steps if r.get("type") == "step" and r.get("epoch") == last["epoch"] and "pseudo_rate" in r]
@@ -195,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.perf_counter()
     plan = sorted(((system, seed) for seed in args.seeds for system in args.systems), key=lambda run: -RUN_COST[run[0]])
+    # Refuse before any run starts, not after the others have taken their minutes.
+    taken = [str(out) for system, seed in plan if (out := run_folder(work, system, seed)).exists()
+             and finished_row(out, args.preset, run_overrides(system, seed, base, unlabeled)) is None]
+    if taken:
+        console.print(f"[red]these run folders hold runs with other settings or unfinished runs: {', '.join(taken)}; "
+                      "remove them or pass another --work[/red]")
+        return 2
     calls = [(system, seed, base, unlabeled, work, args.preset) for system, seed in plan]
     rows = run_pinned(run_system, calls, args.jobs, args.threads * max(args.jobs, 1))
     results: dict[str, list[dict]] = {s: [row for (system, _), row in zip(plan, rows) if system == s] for s in args.systems}
