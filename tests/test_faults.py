@@ -57,8 +57,8 @@ def model_state(run: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(faces24, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     # The uninterrupted run goes beside the one to be killed (one thread each, two cores).
-    full_log = (tmp_path / "full.log").open("w")
-    uninterrupted = subprocess.Popen(pretrain_cmd(faces24, full), env=child_env(), stdout=full_log, stderr=subprocess.STDOUT)
+    with (tmp_path / "full.log").open("w") as full_log:  # the child keeps its own copy of the file
+        uninterrupted = subprocess.Popen(pretrain_cmd(faces24, full), env=child_env(), stdout=full_log, stderr=subprocess.STDOUT)
     proc = subprocess.Popen(pretrain_cmd(faces24, killed), env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -76,7 +76,6 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(faces24, tmp
     load_checkpoint(killed / "checkpoint-last.pt")  # whole: it was written to a temporary name, then renamed
 
     assert uninterrupted.wait() == 0, (tmp_path / "full.log").read_text()[-2000:]
-    full_log.close()
     subprocess.run(pretrain_cmd(faces24, killed, "--resume"), check=True, env=child_env(), capture_output=True)
     assert not [p.name for p in killed.iterdir() if ".tmp-" in p.name], "a killed write's temporary file was left behind"
     a, b = model_state(full), model_state(killed)
