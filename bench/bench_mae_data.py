@@ -58,8 +58,8 @@ def main() -> None:
     t0 = time.perf_counter()
     faces = FaceImages(paths, 112, train=True)
     build = time.perf_counter() - t0
-    mib = sum(f.numel() for f in faces.cache) / 2**20
-    print(f"{len(paths)} faces; cache: {len(faces.cache)} faces, {mib:.0f} MiB, built in {build:.1f} s")
+    mib = sum(f.numel() for f in faces.faces.cache) / 2**20
+    print(f"{len(paths)} faces; cache: {len(faces.faces.cache)} faces, {mib:.0f} MiB, built in {build:.1f} s")
     del faces
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from abaw_cli.data.formats import read_mtl_annotations
-from abaw_cli.data.mtl import MTLDataset, class_balanced_weights, eval_transform, load_mtl_splits
+from abaw_cli.data.lsd import eval_transform
+from abaw_cli.data.mtl import MTLDataset, class_balanced_weights, load_mtl_splits
+from abaw_cli.image_files import read_rgb
 from abaw_cli.labels import AUS, EXPRESSIONS
 from abaw_cli.metrics import mtl_scores
 from abaw_cli.models.emma import EMMA
@@ -124,9 +126,7 @@ def _rescore_like_predict(model: EMMA, meta: dict, root: Path) -> dict:
     (via the eval transform), the model's own normalisation, the stored thresholds."""
     val = read_mtl_annotations(root / "validation_set_annotations.txt")
     transform = eval_transform(meta["input_size"])
-    from PIL import Image
-
-    images = torch.stack([transform(Image.open(root / "cropped_aligned" / name).convert("RGB")) for name in val.images])
+    images = torch.stack([transform(read_rgb(root / "cropped_aligned" / name)) for name in val.images])
     with torch.no_grad():
         out = model(images)
     au = (torch.sigmoid(out[:, 10:22]).numpy() >= np.asarray(meta["au_thresholds"])).astype(np.int64)

@@ -16,11 +16,12 @@ Items are float32 RGB tensors in [0, 1], (3, S, S): RandomResizedCrop(S, scale 0
 Image decoding and folder listing are the project's one pair (`abaw_cli.image_files`).
 
 Decoding, not the model, bounded MAE on a small CPU (the cpu-small step alone ran at 384 img/s,
-the whole loop at 230 with two loader workers decoding JPEGs), so `FaceImages` decodes each face
+the whole loop at 230 with two loader workers decoding JPEGs), so `DecodedFaces` decodes each face
 once and holds it in memory as uint8 while the set fits in `cache_bytes` (2 GiB by default: 7,000
 112 px faces are 260 MB; a set past the budget keeps its first faces in memory and decodes the rest
-per item). A decoded face is stored as the uncached path would read it, shrunk first when its
-shorter side exceeds 5/4 of the model's input size (`decode_face`), so cached and uncached items
+per item). `FaceImages` (MAE) and data.mtl.MTLDataset (EMMA) read their faces through it. A decoded
+face is stored as the uncached path would read it (for MAE shrunk first when its shorter side
+exceeds 5/4 of the model's input size, `decode_face`), so cached and uncached items
 are identical and only the speed differs; augmentation still runs per item, under the item's own
 seed (engine.SeededDataset), so a resumed run repeats its crops exactly. A face that does not
 decode is left out of the cache and raises when drawn, so the engine skips it as it skips any
@@ -32,8 +33,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -158,34 +160,35 @@ def decode_face(path: str | Path, size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(2, 0, 1).contiguous()
 
 
-def _decode_or_none(path: str, size: int) -> torch.Tensor | None:
+def _decode_or_none(decode: Callable[[str], torch.Tensor], path: str) -> torch.Tensor | None:
     try:
-        return decode_face(path, size)
+        return decode(path)
     except UnreadableImageError:
         return None
 
 
-class FaceImages(Dataset):
-    """Unlabeled face images -> float [0, 1] tensors (3, size, size).
+class DecodedFaces:
+    """Image files decoded once by `decode` (uint8 (3, H, W); read_rgb: as read, decode_face:
+    shrunk for a model size) and held in memory up to `cache_bytes` (None: DEFAULT_CACHE_BYTES; 0:
+    no cache), in path order, with a few threads at construction; a face past the budget is decoded
+    when asked for. `faces[i]` raises UnreadableImageError for a face that does not decode (the
+    engine skips it)."""
 
-    cache_bytes: decoded faces (uint8, see decode_face) are held in memory up to this many bytes
-    (None: DEFAULT_CACHE_BYTES), decoded once at construction with a few threads; 0: no cache."""
-
-    def __init__(self, paths: Sequence[str | Path], size: int, train: bool = True, cache_bytes: int | None = None):
+    def __init__(self, paths: Sequence[str | Path], decode: Callable[[str], torch.Tensor] = read_rgb,
+                 cache_bytes: int | None = None):
         self.paths = [str(p) for p in paths]
-        self.size = size
-        self.transform = pretrain_transform(size) if train else display_transform(size)
+        self.decode = decode
         budget = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
         self.cache: list[torch.Tensor | None] = self._decode_all(budget) if budget > 0 else []
 
     def _decode_all(self, budget: int) -> list[torch.Tensor | None]:
         """The first faces in path order whose decoded bytes fit in `budget` (all of a small set);
-        None for a face that does not decode (drawing it raises, for the engine to skip)."""
+        None for a face that does not decode (asking for it raises)."""
         cache: list[torch.Tensor | None] = []
         used, chunk = 0, 256
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # cv2 decodes outside the GIL
             for start in range(0, len(self.paths), chunk):
-                for face in pool.map(lambda p: _decode_or_none(p, self.size), self.paths[start:start + chunk]):
+                for face in pool.map(partial(_decode_or_none, self.decode), self.paths[start:start + chunk]):
                     used += 0 if face is None else face.numel()
                     if used > budget:
                         return cache
@@ -197,4 +200,20 @@ class FaceImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         face = self.cache[index] if index < len(self.cache) else None
-        return self.transform(face if face is not None else decode_face(self.paths[index], self.size))
+        return face if face is not None else self.decode(self.paths[index])
+
+
+class FaceImages(Dataset):
+    """Unlabeled face images -> float [0, 1] tensors (3, size, size), decoded once (DecodedFaces)."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int, train: bool = True, cache_bytes: int | None = None):
+        self.faces = DecodedFaces(paths, partial(decode_face, size=size), cache_bytes)
+        self.paths = self.faces.paths
+        self.size = size
+        self.transform = pretrain_transform(size) if train else display_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.faces[index])

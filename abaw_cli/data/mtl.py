@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms
+from torchvision.transforms import v2
 
 from abaw_cli.data.formats import MTLAnnotations
+from abaw_cli.data.images import DecodedFaces
+from abaw_cli.data.lsd import eval_transform
 from abaw_cli.data.manifest import check_dataset
-from abaw_cli.image_files import open_rgb
 from abaw_cli.labels import MISSING_EXPRESSION, NUM_EXPRESSIONS
 
 MANIFEST = "s-aff-wild2-mtl"  # data_manifests/s-aff-wild2-mtl.yaml
@@ -30,20 +31,16 @@ IMAGE_DIR = "cropped_aligned"
 _TRAIN_RESIZE_RATIO = 232 / 224
 
 
-def train_transform(input_size: int) -> transforms.Compose:
-    """Resize to input_size*232/224, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.2, random crop, flip."""
-    return transforms.Compose([
-        transforms.Resize(round(input_size * _TRAIN_RESIZE_RATIO)),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.2),
-        transforms.RandomCrop(input_size),
-        transforms.RandomHorizontalFlip(0.5),
-        transforms.ToTensor(),
+def train_transform(input_size: int) -> v2.Transform:
+    """uint8 face -> resize to input_size*232/224, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.2,
+    random crop, flip, float [0, 1]. Validation and prediction use data.lsd.eval_transform."""
+    return v2.Compose([
+        v2.Resize(round(input_size * _TRAIN_RESIZE_RATIO), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.2),
+        v2.RandomCrop(input_size),
+        v2.RandomHorizontalFlip(0.5),
+        v2.ToDtype(torch.float32, scale=True),
     ])
-
-
-def eval_transform(input_size: int) -> transforms.Compose:
-    """Plain resize to the input size, as in validation and prediction."""
-    return transforms.Compose([transforms.Resize((input_size, input_size)), transforms.ToTensor()])
 
 
 def load_mtl_splits(root: str | Path, manifest: str | Path = MANIFEST) -> tuple[MTLAnnotations, MTLAnnotations]:
@@ -67,20 +64,26 @@ def targets_tensor(ann: MTLAnnotations) -> torch.Tensor:
 
 
 class MTLDataset(Dataset):
-    """The frames of one split, in annotation-file order (validation relies on that order)."""
+    """The frames of one split, in annotation-file order (validation relies on that order).
 
-    def __init__(self, root: str | Path, annotations: MTLAnnotations, input_size: int, train: bool):
+    Frames are decoded once, as read, and held in memory (data.images.DecodedFaces, within its
+    budget): a frame is read once per run instead of once per epoch, and the transforms see what
+    they would see reading it each time (validation stays what `abaw predict` computes)."""
+
+    def __init__(self, root: str | Path, annotations: MTLAnnotations, input_size: int, train: bool,
+                 cache_bytes: int | None = None):
         self.image_dir = Path(root) / IMAGE_DIR
         self.annotations = annotations
         self.images = list(annotations.images)
         self.targets = targets_tensor(annotations)
+        self.faces = DecodedFaces([self.image_dir / name for name in self.images], cache_bytes=cache_bytes)
         self.transform = train_transform(input_size) if train else eval_transform(input_size)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(open_rgb(self.image_dir / self.images[index])), self.targets[index]
+        return self.transform(self.faces[index]), self.targets[index]
 
 
 def class_balanced_weights(expression: np.ndarray) -> torch.Tensor:

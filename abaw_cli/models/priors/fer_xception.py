@@ -115,14 +115,26 @@ class KerasConv2d(nn.Module):
         if self.bias is not None:
             _copy(self.bias, arrays["bias"], self.keras_name)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch_norm: "KerasBatchNorm | None" = None) -> torch.Tensor:
+        """The layer; with `batch_norm` (an eval-mode BN that reads only this layer's output, see
+        KerasGraphNet) that BN folded into the last convolution's weight and bias, one op fewer."""
+        padding: tuple[int, int] | int = 0
         if self.padding == "same":
-            x = _pad_same(x, self.kernel, self.stride, self.dilation)
+            (top, bottom), (left, right) = (same_padding(x.shape[2 + i], self.kernel[i], self.stride[i], self.dilation[i])
+                                            for i in (0, 1))
+            if top == bottom and left == right:
+                padding = (top, left)  # the convolution pads symmetric amounts itself, without a copy
+            else:
+                x = F.pad(x, (left, right, top, bottom))
+        last = self.pointwise if self.separable else self.weight
+        weight, bias = last, self.bias
+        if batch_norm is not None:
+            weight, bias = batch_norm.fold_into(last, self.bias)
         if self.separable:
-            x = F.conv2d(x, self.depthwise, None, self.stride, 0, self.dilation, groups=x.shape[1])
-            x = F.conv2d(x, self.pointwise, self.bias)
+            x = F.conv2d(x, self.depthwise, None, self.stride, padding, self.dilation, groups=x.shape[1])
+            x = F.conv2d(x, weight, bias)
         else:
-            x = F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
+            x = F.conv2d(x, weight, bias, self.stride, padding, self.dilation)
         return self.act(x)
 
 
@@ -140,6 +152,12 @@ class KerasBatchNorm(nn.BatchNorm2d):
         _copy(self.running_mean, arrays["moving_mean"], self.keras_name)
         _copy(self.running_var, arrays["moving_variance"], self.keras_name)
 
+    def fold_into(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of a convolution that computes this eval-mode BN of its output directly."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return weight * scale.view(-1, 1, 1, 1), shift if bias is None else shift + bias * scale
+
 
 class KerasMaxPool(nn.Module):
     def __init__(self, name: str, cfg: dict) -> None:
@@ -150,6 +168,13 @@ class KerasMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
+            pads = [same_padding(x.shape[2 + i], self.pool[i], self.stride[i]) for i in (0, 1)]
+            if all(before == 0 for before, _ in pads):
+                # Padding only after (TF's odd pixel on even sizes): ceil mode keeps the last,
+                # partial window and ignores what lies outside, as -inf padding does, without a copy.
+                out = F.max_pool2d(x, self.pool, self.stride, ceil_mode=True)
+                if all(out.shape[2 + i] == math.ceil(x.shape[2 + i] / self.stride[i]) for i in (0, 1)):
+                    return out
             x = _pad_same(x, self.pool, self.stride, (1, 1), value=float("-inf"))
         return F.max_pool2d(x, self.pool, self.stride)
 
@@ -166,7 +191,10 @@ class KerasActivation(nn.Module):
 
 class KerasAdd(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return torch.stack(xs).sum(0)
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
 
 
 class KerasGlobalAvgPool(nn.Module):
@@ -230,6 +258,7 @@ class KerasGraphNet(nn.Module):
             self.layers[name] = module
             self.order.append((name, inputs))
         self.num_outputs = channels[output_name]
+        self.folded_batch_norms = _foldable_batch_norms(self.layers, self.order, output_name)
 
     def load_keras_weights(self, h5_path: Path) -> None:
         with h5py.File(h5_path, "r") as f:
@@ -247,10 +276,38 @@ class KerasGraphNet(nn.Module):
                 module.load_keras(arrays)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In eval mode a BatchNormalization right after a linear convolution is computed by that
+        # convolution (folded weights): the prior runs in eval mode always, and this saves a pass
+        # over every activation map. In training mode every layer runs as Keras defines it.
+        folds = {} if self.training else self.folded_batch_norms
+        folded = set(folds.values())
         values = {self.input_name: x}
         for name, inputs in self.order:
-            values[name] = self.layers[name](*(values[i] for i in inputs))
+            if name in folded:
+                continue
+            args = [values[i] for i in inputs]
+            if name in folds:
+                values[folds[name]] = self.layers[name](*args, batch_norm=self.layers[folds[name]])
+            else:
+                values[name] = self.layers[name](*args)
         return values[self.output_name]
+
+
+def _foldable_batch_norms(layers: nn.ModuleDict, order: list[tuple[str, list[str]]], output_name: str) -> dict[str, str]:
+    """{convolution: the BatchNormalization that alone reads its output} for linear convolutions."""
+    readers: dict[str, list[str]] = {}
+    for name, inputs in order:
+        for i in inputs:
+            readers.setdefault(i, []).append(name)
+    folds = {}
+    for name, inputs in order:
+        if not isinstance(layers[name], KerasBatchNorm) or len(inputs) != 1:
+            continue
+        (source,) = inputs
+        conv = layers[source] if source in layers else None
+        if isinstance(conv, KerasConv2d) and conv.act_name == "linear" and readers[source] == [name] and source != output_name:
+            folds[source] = name
+    return folds
 
 
 def _topological_order(layers: dict[str, dict], input_name: str, output_name: str) -> list[str]:
