@@ -156,6 +156,7 @@ class MTLTask(Task):
         self.thresholds = np.full(len(AUS), 0.5, dtype=np.float32)
         self.details: dict[str, Any] = {}
         self._confusion: np.ndarray | None = None
+        self._val_dataset: MTLDataset | None = None
 
     # ---- model
     def build_model(self) -> EMMA:
@@ -191,8 +192,10 @@ class MTLTask(Task):
     # ---- validation
     def predict_validation(self, model, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(VA (N, 2), expression logits (N, 8), AU probabilities (N, 12)) for EVERY validation frame, in order."""
+        if self._val_dataset is None:  # built once: its frames are decoded once for the whole run
+            self._val_dataset = MTLDataset(self.root, self.val, self.cfg.model.input_size, train=False)
         loader = DataLoader(
-            MTLDataset(self.root, self.val, self.cfg.model.input_size, train=False),
+            self._val_dataset,
             batch_size=self.cfg.data.eval_batch_size, shuffle=False, drop_last=False,
             num_workers=self.cfg.optim.num_workers,
         )

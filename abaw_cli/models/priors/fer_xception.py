@@ -63,10 +63,15 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
-def _pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-              value: float = 0.0) -> torch.Tensor:
-    top, bottom = same_padding(x.shape[2], kernel[0], stride[0], dilation[0])
-    left, right = same_padding(x.shape[3], kernel[1], stride[1], dilation[1])
+def _same_pads(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+               dilation: tuple[int, int] = (1, 1)) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)): TF "same" padding of the NCHW map x."""
+    return (same_padding(x.shape[2], kernel[0], stride[0], dilation[0]),
+            same_padding(x.shape[3], kernel[1], stride[1], dilation[1]))
+
+
+def _pad(x: torch.Tensor, pads: tuple[tuple[int, int], tuple[int, int]], value: float = 0.0) -> torch.Tensor:
+    (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         return x
     return F.pad(x, (left, right, top, bottom), value=value)
@@ -120,12 +125,11 @@ class KerasConv2d(nn.Module):
         KerasGraphNet) that BN folded into the last convolution's weight and bias, one op fewer."""
         padding: tuple[int, int] | int = 0
         if self.padding == "same":
-            (top, bottom), (left, right) = (same_padding(x.shape[2 + i], self.kernel[i], self.stride[i], self.dilation[i])
-                                            for i in (0, 1))
-            if top == bottom and left == right:
-                padding = (top, left)  # the convolution pads symmetric amounts itself, without a copy
+            pads = _same_pads(x, self.kernel, self.stride, self.dilation)
+            if all(before == after for before, after in pads):
+                padding = (pads[0][0], pads[1][0])  # the convolution pads symmetric amounts itself, without a copy
             else:
-                x = F.pad(x, (left, right, top, bottom))
+                x = _pad(x, pads)
         last = self.pointwise if self.separable else self.weight
         weight, bias = last, self.bias
         if batch_norm is not None:
@@ -168,14 +172,14 @@ class KerasMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
-            pads = [same_padding(x.shape[2 + i], self.pool[i], self.stride[i]) for i in (0, 1)]
+            pads = _same_pads(x, self.pool, self.stride)
             if all(before == 0 for before, _ in pads):
                 # Padding only after (TF's odd pixel on even sizes): ceil mode keeps the last,
                 # partial window and ignores what lies outside, as -inf padding does, without a copy.
                 out = F.max_pool2d(x, self.pool, self.stride, ceil_mode=True)
                 if all(out.shape[2 + i] == math.ceil(x.shape[2 + i] / self.stride[i]) for i in (0, 1)):
                     return out
-            x = _pad_same(x, self.pool, self.stride, (1, 1), value=float("-inf"))
+            x = _pad(x, pads, value=float("-inf"))
         return F.max_pool2d(x, self.pool, self.stride)
 
 
